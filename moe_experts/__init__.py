@@ -1,0 +1,3 @@
+"""moe-experts: domain-expert language models behind one learned router."""
+
+__version__ = "0.1.0"

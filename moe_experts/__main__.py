@@ -1,0 +1,3 @@
+from moe_experts.cli import main
+
+main()

@@ -1,0 +1,352 @@
+"""Pydantic models for expert cards and training presets, validated once where they enter.
+
+Cards live in ``experts/*.yaml`` (one per expert); presets in
+``moe_experts/presets/*.yaml`` or any YAML path a user passes. Every model is
+strict (``extra="forbid"``) and frozen, so a typo fails at load time with the
+file and field named, never half-way through a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from moe_experts.data.sources import SOURCES
+from moe_experts.errors import ConfigError, UnknownDomainError
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# The union of every registered source's params, discriminated by ``kind``:
+# a card naming an unknown kind fails with the list of known ones.
+SourceSpec = Annotated[Union[tuple(s.Params for s in SOURCES.values())], Field(discriminator="kind")]  # noqa: UP007
+
+
+# --------------------------------------------------------------------------- cards
+
+
+class ModelSource(StrictModel):
+    """Where an expert's weights come from.
+
+    ``starter``: pretrained by this project from the card's corpus (Branch-Train-Merge).
+    ``pretrained``: any causal LM, by Hugging Face id or local path.
+    In YAML, the plain string ``starter`` or an id / path is accepted as shorthand.
+    """
+
+    kind: Literal["starter", "pretrained"]
+    name_or_path: str | None = None
+    revision: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"kind": "starter"} if value == "starter" else {"kind": "pretrained", "name_or_path": value}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSource:
+        if self.kind == "pretrained" and not self.name_or_path:
+            raise ValueError("kind 'pretrained' needs name_or_path (a Hugging Face id or a local folder)")
+        if self.kind == "starter" and (self.name_or_path or self.revision):
+            raise ValueError("kind 'starter' takes no name_or_path or revision")
+        return self
+
+
+class CorpusSpec(StrictModel):
+    sources: list[SourceSpec] = Field(min_length=1)
+    min_documents: int = Field(default=200, ge=1, description="Fail the build below this many documents.")
+    min_characters: int = Field(default=50_000, ge=1, description="Fail the build below this many characters.")
+    max_documents: int | None = Field(
+        default=None, ge=1, description="Keep at most this many documents, chosen by content hash."
+    )
+    min_chars_per_doc: int = Field(default=64, ge=1)
+    max_chars_per_doc: int = Field(default=2000, ge=64, description="Longer documents are cut at paragraph breaks.")
+
+    @model_validator(mode="after")
+    def _check(self) -> CorpusSpec:
+        if self.min_chars_per_doc >= self.max_chars_per_doc:
+            raise ValueError("min_chars_per_doc must be smaller than max_chars_per_doc")
+        if self.max_documents is not None and self.max_documents < self.min_documents:
+            raise ValueError("max_documents must be at least min_documents")
+        return self
+
+
+class Examples(StrictModel):
+    """Prompts that must route to this expert (positive) and must not (negative)."""
+
+    positive: list[str] = Field(min_length=1)
+    negative: list[str] = Field(min_length=1)
+
+    @field_validator("positive", "negative")
+    @classmethod
+    def _non_empty(cls, prompts: list[str]) -> list[str]:
+        if any(not p.strip() for p in prompts):
+            raise ValueError("example prompts must not be empty")
+        return prompts
+
+
+class GenerationDefaults(StrictModel):
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    temperature: float = Field(default=0.8, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.1, ge=1.0, le=3.0)
+
+
+class ExpertCard(StrictModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    domain: str = Field(pattern=NAME_PATTERN)
+    description: str = Field(min_length=1, max_length=200)
+    fallback: bool = Field(default=False, description="Receives requests the router abstains on.")
+    model: ModelSource
+    corpus: CorpusSpec
+    examples: Examples
+    generation: GenerationDefaults = GenerationDefaults()
+
+    @field_validator("description")
+    @classmethod
+    def _one_line(cls, text: str) -> str:
+        if "\n" in text.strip():
+            raise ValueError("description must be one line")
+        return text.strip()
+
+
+class ExpertRegistry(StrictModel):
+    """The validated set of expert cards, in a stable order (sorted by name)."""
+
+    cards: tuple[ExpertCard, ...]
+    source_dir: str
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.cards]
+
+    @property
+    def domains(self) -> list[str]:
+        return [c.domain for c in self.cards]
+
+    @property
+    def fallback(self) -> ExpertCard:
+        return next(c for c in self.cards if c.fallback)
+
+    @property
+    def starters(self) -> list[ExpertCard]:
+        return [c for c in self.cards if c.model.kind == "starter"]
+
+    def by_domain(self, domain: str) -> ExpertCard:
+        for card in self.cards:
+            if card.domain == domain:
+                return card
+        raise UnknownDomainError(
+            f"unknown domain '{domain}'; the cards in {self.source_dir} declare: {', '.join(self.domains)}",
+            hint=f"use one of those names, or add a card {self.source_dir}/{domain}.yaml",
+        )
+
+    def select(self, domains: Iterable[str] | None) -> list[ExpertCard]:
+        """The cards of the given domains (all when None), unknown names refused."""
+        if domains is None:
+            return list(self.cards)
+        return [self.by_domain(d) for d in domains]
+
+    def fingerprint(self) -> str:
+        """A hash of every card's content, recorded in manifests built from the cards."""
+        return hash_json([c.model_dump(mode="json") for c in self.cards])
+
+
+def format_validation_error(where: str, error: ValidationError) -> str:
+    lines = [f"{where}: {error.error_count()} invalid field(s)"]
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  - {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load_card(path: Path) -> ExpertCard:
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a card must be a YAML mapping, got {type(data).__name__}")
+    try:
+        card = ExpertCard.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            format_validation_error(str(path), exc), hint=f"edit {path}; see experts/README.md for every field"
+        ) from exc
+    if card.name != path.stem:
+        raise ConfigError(
+            f"{path}: field name: '{card.name}' differs from the file name '{path.stem}'",
+            hint=f"rename the file to {card.name}.yaml or set name: {path.stem}",
+        )
+    return card
+
+
+def load_registry(cards_dir: Path) -> ExpertRegistry:
+    """Load and validate every ``*.yaml`` card in a folder."""
+    if not cards_dir.is_dir():
+        raise ConfigError(
+            f"expert cards folder {cards_dir} does not exist",
+            hint="run from the repository root, or pass --cards DIR (or set MOE_EXPERTS_CARDS)",
+        )
+    paths = sorted(cards_dir.glob("*.yaml"))
+    if not paths:
+        raise ConfigError(f"no expert cards (*.yaml) in {cards_dir}", hint="add one card per expert, e.g. law.yaml")
+    cards = sorted((load_card(p) for p in paths), key=lambda c: c.name)
+    for attr in ("name", "domain"):
+        seen: dict[str, str] = {}
+        for card in cards:
+            value = getattr(card, attr)
+            if value in seen:
+                raise ConfigError(f"{cards_dir}: cards {seen[value]} and {card.name} both declare {attr} '{value}'")
+            seen[value] = card.name
+    fallbacks = [c.name for c in cards if c.fallback]
+    if len(fallbacks) != 1:
+        raise ConfigError(
+            f"{cards_dir}: exactly one card must set fallback: true (found {len(fallbacks)}: {fallbacks or 'none'})",
+            hint="set fallback: true on the general-purpose expert's card only",
+        )
+    if len(cards) < 2:
+        raise ConfigError(f"{cards_dir}: a mixture needs at least two experts, found {len(cards)}")
+    return ExpertRegistry(cards=tuple(cards), source_dir=str(cards_dir))
+
+
+# --------------------------------------------------------------------------- presets
+
+
+class ModelShape(StrictModel):
+    """A Llama-architecture causal LM's size (transformers ``LlamaConfig`` fields)."""
+
+    hidden_size: int = Field(ge=8)
+    num_hidden_layers: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    num_key_value_heads: int = Field(ge=1)
+    intermediate_size: int = Field(ge=8)
+    rope_theta: float = 10_000.0
+    tie_word_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelShape:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+        return self
+
+
+class PhaseConfig(StrictModel):
+    """One training phase: AdamW for ``steps`` optimiser steps, linear warmup, then ``schedule``.
+
+    ``cosine`` decays to ``min_lr_ratio`` of the peak; ``constant`` holds the peak.
+    A constant seed followed by cosine branches is a warmup-stable-decay run
+    whose decay happens in each domain: the seed is not annealed only for every
+    branch to re-warm it.
+    """
+
+    steps: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PhaseConfig:
+        if self.warmup_steps >= self.steps:
+            raise ValueError("warmup_steps must be smaller than steps")
+        return self
+
+
+class DataConfig(StrictModel):
+    val_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
+    near_duplicate_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    tokenizer_train_chars_per_domain: int = Field(
+        default=2_000_000, ge=1000, description="Characters per domain the BPE is trained on (balanced mixture)."
+    )
+
+
+class Preset(StrictModel):
+    """Everything about a workspace's starter models: sizes, vocabulary, training budgets."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str
+    vocab_size: int = Field(ge=300, description="Byte-level BPE vocabulary (256 bytes + merges + specials).")
+    seq_len: int = Field(ge=8)
+    batch_size: int = Field(ge=1, description="Sequences per device per optimiser step (before accumulation).")
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    model: ModelShape
+    seed_phase: PhaseConfig
+    branch_phase: PhaseConfig
+    generalist_learning_rate: float = Field(gt=0.0, le=1.0)
+    generalist_warmup_steps: int = Field(default=0, ge=0)
+    parameter_matched_generalist: bool = False
+    save_steps: int = Field(default=200, ge=1)
+    logging_steps: int = Field(default=10, ge=1)
+    eval_tokens_per_domain: int = Field(default=32_768, ge=1, description="Validation tokens per domain in the check.")
+    seed: int = 1234
+    data: DataConfig = DataConfig()
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size * self.gradient_accumulation_steps
+
+    def generalist_phase(self, n_branches: int) -> PhaseConfig:
+        """The compute-matched generalist: as many optimiser steps (and so tokens) as seed plus all branches."""
+        return PhaseConfig(
+            steps=self.seed_phase.steps + n_branches * self.branch_phase.steps,
+            learning_rate=self.generalist_learning_rate,
+            warmup_steps=self.generalist_warmup_steps,
+            weight_decay=self.seed_phase.weight_decay,
+        )
+
+    def fingerprint(self) -> str:
+        return hash_json(self.model_dump(mode="json"))
+
+
+def shipped_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A shipped preset by name (``tiny``) or any preset YAML by path."""
+    path = Path(name_or_path)
+    if not (path.suffix in {".yaml", ".yml"} and path.exists()):
+        path = PRESETS_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown preset '{name_or_path}'",
+                hint=f"use --preset with one of {', '.join(shipped_presets())}, or a path to a preset YAML",
+            )
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a preset must be a YAML mapping")
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc), hint=f"edit {path}") from exc
+
+
+def hash_json(value: Any) -> str:
+    """A stable short hash of JSON-able data (sorted keys)."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,239 @@
+"""The workspace folder: where every artifact of a run lives, and how it is written.
+
+Layout (see DESIGN.md)::
+
+    runs/<name>/
+      workspace.json                    preset and versions the workspace was created with
+      corpora/<domain>/{train,val,test}.jsonl, manifest.json
+      tokenizer/                        tokenizer.json + build manifest
+      tokens/<tokenizer hash>/<domain>/{train,val}.npy   token streams (cache)
+      checkpoints/<stage>/checkpoint-N/ resumable training state
+      models/<name>/                    save_pretrained + build manifest
+      reports/                          sanity check and evaluation reports
+
+Every artifact is written into a temporary sibling folder and renamed into
+place, so an interrupted build leaves the old artifact or none, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moe_experts import __version__
+from moe_experts.errors import MissingArtifactError, StaleArtifactError, WorkspaceError
+
+MANIFEST = "moe_experts.json"  # the build manifest inside every artifact folder
+ENV_WORKSPACE = "MOE_EXPERTS_WORKSPACE"
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    # ------------------------------------------------------------------ paths
+    def corpus_dir(self, domain: str) -> Path:
+        return self.root / "corpora" / domain
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    def tokens_dir(self, tokenizer_hash: str, domain: str) -> Path:
+        return self.root / "tokens" / tokenizer_hash / domain
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def checkpoints_dir(self, stage: str) -> Path:
+        return self.root / "checkpoints" / stage
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self, preset_name: str, preset_fingerprint: str, *, create: bool = True) -> None:
+        """Create (or check) the workspace for a preset; refuse one built for another preset."""
+        meta_path = self.root / "workspace.json"
+        if meta_path.exists():
+            meta = read_json(meta_path)
+            if meta.get("preset") != preset_name:
+                raise WorkspaceError(
+                    f"workspace {self.root} was created for preset '{meta.get('preset')}', not '{preset_name}'",
+                    hint=f"pass --preset {meta.get('preset')}, or use another --workspace for preset {preset_name}",
+                )
+            if meta.get("preset_fingerprint") != preset_fingerprint:
+                raise WorkspaceError(
+                    f"preset '{preset_name}' changed since workspace {self.root} was created "
+                    f"({meta.get('preset_fingerprint')} -> {preset_fingerprint})",
+                    hint="models in this workspace were built with the old settings; use a new --workspace",
+                )
+            self._check_writable()
+            return
+        if not create:
+            raise MissingArtifactError(
+                f"no workspace at {self.root}", hint="run `moe-experts quickstart` (or pass --workspace)"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkspaceError(
+                f"cannot create workspace {self.root}: {exc.strerror}",
+                hint="pass --workspace (or set MOE_EXPERTS_WORKSPACE) to a folder you can write",
+            ) from exc
+        self._check_writable()
+        write_json_atomic(
+            meta_path,
+            {
+                "preset": preset_name,
+                "preset_fingerprint": preset_fingerprint,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": versions(),
+            },
+        )
+
+    def _check_writable(self) -> None:
+        probe = self.root / f"{TMP_PREFIX}probe-{os.getpid()}"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise WorkspaceError(
+                f"workspace {self.root} is not writable: {exc.strerror}",
+                hint="pass --workspace (or set MOE_EXPERTS_WORKSPACE) to a folder you can write",
+            ) from exc
+
+    def clean_stale_temporaries(self) -> int:
+        """Remove temporary folders left by interrupted builds; returns how many."""
+        n = 0
+        if not self.root.exists():
+            return 0
+        for tmp in self.root.rglob(f"{TMP_PREFIX}*"):
+            if tmp.is_dir() and not _owned_by_live_process(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+                n += 1
+        return n
+
+
+def _owned_by_live_process(tmp: Path) -> bool:
+    # Temporary folders are named .tmp-<name>-<pid>; never delete one a running build owns.
+    pid_text = tmp.name.rsplit("-", 1)[-1]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_workspace(workspace: str | None, preset_name: str) -> Workspace:
+    """--workspace, else $MOE_EXPERTS_WORKSPACE, else ./runs/<preset>."""
+    path = workspace or os.environ.get(ENV_WORKSPACE) or f"runs/{preset_name}"
+    return Workspace(Path(path).expanduser().absolute())
+
+
+# ---------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``target`` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{TMP_PREFIX}{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f"{TMP_PREFIX}old-{target.name}-{os.getpid()}"
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise WorkspaceError(
+            f"{path} is unreadable or corrupted: {exc}", hint="rebuild the artifact it belongs to (--force)"
+        ) from exc
+
+
+# ---------------------------------------------------------------------- manifests
+
+
+def write_manifest(folder: Path, data: dict[str, Any]) -> None:
+    write_json_atomic(folder / MANIFEST, {"moe_experts_version": __version__, **data})
+
+
+def read_manifest(folder: Path, *, what: str, build_hint: str) -> dict[str, Any]:
+    """The build manifest of an artifact; a clear error when the artifact is missing."""
+    path = folder / MANIFEST
+    if not path.exists():
+        raise MissingArtifactError(f"{what} is not built yet ({folder} has no {MANIFEST})", hint=build_hint)
+    return read_json(path)
+
+
+def check_inputs(what: str, recorded: dict[str, Any], current: dict[str, Any], rebuild_hint: str) -> None:
+    """Refuse an artifact whose recorded inputs differ from the current ones, naming each difference."""
+    diffs = [
+        f"{key}: built from {recorded.get(key)!r}, workspace now has {value!r}"
+        for key, value in current.items()
+        if recorded.get(key) != value
+    ]
+    if diffs:
+        raise StaleArtifactError(f"{what} is stale:\n  " + "\n  ".join(diffs), hint=rebuild_hint)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages an artifact's content depends on."""
+    import importlib.metadata
+
+    out = {"python": sys.version.split()[0], "moe_experts": __version__}
+    for dist in ("torch", "transformers", "tokenizers", "safetensors", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
