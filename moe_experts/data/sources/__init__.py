@@ -1,0 +1,40 @@
+"""Corpus sources and their explicit registry.
+
+A card's ``corpus.sources`` entries are validated against the ``Params`` of the
+sources listed here; adding a source kind means adding a module and a line below.
+"""
+
+from __future__ import annotations
+
+from moe_experts.data.sources.base import RawDocument, Source, SourceParams
+from moe_experts.data.sources.gcide import GcideSource
+from moe_experts.data.sources.hf_dataset import HFDatasetSource
+from moe_experts.data.sources.hpo import HPOSource
+from moe_experts.data.sources.icd10 import ICD10Source
+from moe_experts.data.sources.licenses import DebianCopyrightSource, PackageLicensesSource
+from moe_experts.data.sources.local import LocalFilesSource
+from moe_experts.data.sources.python_code import PythonStdlibSource
+from moe_experts.data.sources.wordnet import WordNetSource
+
+SOURCES: dict[str, type[Source]] = {
+    cls.kind: cls
+    for cls in (
+        PythonStdlibSource,
+        HPOSource,
+        ICD10Source,
+        PackageLicensesSource,
+        DebianCopyrightSource,
+        WordNetSource,
+        GcideSource,
+        LocalFilesSource,
+        HFDatasetSource,
+    )
+}
+
+
+def build_source(params: SourceParams) -> Source:
+    """The source object for one validated card entry."""
+    return SOURCES[params.kind](params)
+
+
+__all__ = ["SOURCES", "RawDocument", "Source", "SourceParams", "build_source"]
