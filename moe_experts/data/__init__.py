@@ -1,0 +1,1 @@
+"""Corpora: sources, cleaning, deduplication, splits, tokenizer."""
