@@ -1,0 +1,1 @@
+"""Starter models: presets, Branch-Train-Merge pretraining, the generalist, checkpoints."""

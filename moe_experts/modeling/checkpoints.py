@@ -1,0 +1,156 @@
+"""Create, save and load causal LMs.
+
+Starter models are transformers ``LlamaForCausalLM`` (so a Mixtral-style merge
+is possible later), written with ``save_pretrained`` (safetensors) next to the
+tokenizer and a build manifest that records the weights' hash. Loading checks
+that hash, so a truncated or edited file is refused with a clear message
+instead of a stack trace from deep inside safetensors.
+
+Experts whose card names a Hugging Face id or a local path are loaded with the
+same ``AutoModelForCausalLM`` / ``AutoTokenizer`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moe_experts.config import ModelShape, ModelSource, Preset
+from moe_experts.errors import CheckpointError
+from moe_experts.workspace import MANIFEST, atomic_dir, read_json, sha256_file, versions, write_manifest
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+
+
+def llama_config(preset: Preset, tokenizer: Any, shape: ModelShape | None = None) -> Any:
+    from transformers import LlamaConfig
+
+    shape = shape or preset.model
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=preset.seq_len,
+        rope_theta=shape.rope_theta,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def new_model(preset: Preset, tokenizer: Any, *, seed: int, shape: ModelShape | None = None) -> Any:
+    """A freshly initialised starter model (deterministic for a given seed)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(llama_config(preset, tokenizer, shape))
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(model: Any, tokenizer: Any, target: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write model + tokenizer + manifest into ``target`` atomically; returns the manifest written."""
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        weights = sorted(tmp.glob("*.safetensors"))
+        full = {
+            **manifest,
+            "parameters": count_parameters(model),
+            "weights_sha256": {w.name: sha256_file(w) for w in weights},
+            "versions": versions(),
+        }
+        write_manifest(tmp, full)
+    return full
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    manifest: dict[str, Any] | None  # None for models this project did not build
+
+
+def verify_checkpoint(folder: Path) -> dict[str, Any]:
+    """The manifest of a starter checkpoint, after checking that every weight file matches its hash."""
+    manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} does not exist")
+    if not manifest_path.exists():
+        raise CheckpointError(
+            f"checkpoint {folder} is incomplete: no {MANIFEST}",
+            hint="it was not written by a finished build; rebuild it (--force)",
+        )
+    manifest = read_json(manifest_path)
+    for name, expected in manifest.get("weights_sha256", {}).items():
+        path = folder / name
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {folder} is missing {name}", hint="rebuild it (--force)")
+        if sha256_file(path) != expected:
+            raise CheckpointError(
+                f"checkpoint {folder} is corrupted: {name} does not match the hash recorded when it was saved",
+                hint="rebuild it (--force); the file was truncated or modified",
+            )
+    return manifest
+
+
+def load_checkpoint(folder: Path, *, device: str = "cpu", dtype: Any = None, verify: bool = True) -> LoadedModel:
+    """Load a checkpoint folder this project wrote (hash-checked) or any local transformers folder."""
+    manifest = verify_checkpoint(folder) if verify and (folder / MANIFEST).exists() else None
+    model, tokenizer = _from_pretrained(str(folder), revision=None, device=device, dtype=dtype, local=True)
+    return LoadedModel(model=model, tokenizer=tokenizer, manifest=manifest)
+
+
+def load_pretrained(source: ModelSource, *, device: str = "cpu", dtype: Any = None) -> LoadedModel:
+    """Load a card's ``pretrained`` model: a local folder, else a Hugging Face id (cache or hub)."""
+    assert source.name_or_path is not None
+    path = Path(source.name_or_path).expanduser()
+    if path.exists():
+        return load_checkpoint(path, device=device, dtype=dtype)
+    model, tokenizer = _from_pretrained(source.name_or_path, revision=source.revision, device=device, dtype=dtype)
+    return LoadedModel(model=model, tokenizer=tokenizer, manifest=None)
+
+
+def _from_pretrained(
+    name: str, *, revision: str | None, device: str, dtype: Any, local: bool = False
+) -> tuple[Any, Any]:
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype or "auto")
+    except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as exc:
+        if local:
+            raise CheckpointError(
+                f"cannot load the model in {name}: {_first_line(exc)}",
+                hint="the folder is corrupted or not a transformers causal LM; rebuild it (--force)",
+            ) from exc
+        raise CheckpointError(
+            f"cannot load '{name}': not a local folder, and not in the Hugging Face cache or reachable "
+            f"({_first_line(exc)})",
+            hint="download it where the hub is reachable (huggingface-cli download "
+            f"{name}) or set the card's model.name_or_path to a local folder",
+        ) from exc
+    model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

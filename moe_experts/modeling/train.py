@@ -1,0 +1,178 @@
+"""Causal-LM training on token streams, through the transformers Trainer.
+
+The Trainer is the engine: bf16 on GPUs, plain fp32 on CPU, multi-GPU when
+launched with ``torchrun`` / ``accelerate launch``, resumable checkpoints every
+``save_steps`` (restored with ``weights_only=True`` loads), seeded data order.
+This module adds what the project needs around it: a dataset of fixed-length
+blocks sampled from one or more domain streams, refusing to silently discard
+or silently reuse an interrupted run, and compact progress lines when the
+output is not a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moe_experts.config import PhaseConfig, Preset
+from moe_experts.errors import TrainingError
+from moe_experts.progress import bars_enabled
+
+logger = logging.getLogger(__name__)
+
+
+class BlockDataset:
+    """``length`` blocks of ``seq_len`` tokens cut at seeded random offsets from token streams.
+
+    Item ``i`` comes from stream ``i % len(streams)`` (with equal ``weights``, a
+    uniform mixture over domains), so every optimiser step sees the domains in
+    the same proportion. Offsets are drawn once from ``seed``: the dataset, and
+    so the run, is reproducible.
+    """
+
+    def __init__(self, streams: Sequence[np.ndarray], seq_len: int, length: int, seed: int) -> None:
+        for i, s in enumerate(streams):
+            if len(s) <= seq_len:
+                raise TrainingError(
+                    f"token stream {i} has {len(s)} tokens, fewer than one block of {seq_len}",
+                    hint="add documents to that domain's corpus or use a preset with a shorter seq_len",
+                )
+        self.streams = list(streams)
+        self.seq_len = seq_len
+        rng = np.random.default_rng(seed)
+        self.which = np.arange(length) % len(streams)  # (length,)
+        highs = np.array([len(s) - seq_len for s in streams])
+        self.offsets = (rng.random(length) * highs[self.which]).astype(np.int64)  # (length,)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        stream = self.streams[self.which[i]]
+        start = int(self.offsets[i])
+        block = torch.from_numpy(np.asarray(stream[start : start + self.seq_len], dtype=np.int64))  # (T,)
+        return {"input_ids": block, "labels": block}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    tokens: int
+    seconds: float
+    first_loss: float | None
+    last_loss: float | None
+    resumed_from_step: int | None
+    device: str
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    ckpts = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+def prepare_checkpoint_dir(ckpt_dir: Path, *, what: str, resume: bool, restart: bool) -> Path | None:
+    """The checkpoint to resume from, or None; refuse to guess what to do with an interrupted run."""
+    if resume and restart:
+        raise TrainingError("--resume and --restart contradict each other", hint="pass one of them")
+    latest = latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    if latest is None:
+        if resume:
+            logger.info("%s: nothing to resume in %s, starting from scratch", what, ckpt_dir)
+        return None
+    if restart:
+        logger.info("%s: discarding the interrupted run in %s", what, ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+        return None
+    if not resume:
+        raise TrainingError(
+            f"{what}: an interrupted run left checkpoints in {ckpt_dir} (latest: {latest.name})",
+            hint="pass --resume to continue it, or --restart to discard it and start over",
+        )
+    logger.info("%s: resuming from %s", what, latest.name)
+    return latest
+
+
+def device_kind() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def train_causal_lm(
+    model: Any,
+    dataset: BlockDataset,
+    *,
+    phase: PhaseConfig,
+    preset: Preset,
+    ckpt_dir: Path,
+    resume_from: Path | None,
+    seed: int,
+    what: str,
+    callbacks: Sequence[Any] = (),
+) -> tuple[TrainResult, Any]:
+    """Train ``model`` for ``phase.steps`` optimiser steps; returns the result and the Trainer."""
+    import torch
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    device = device_kind()
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        max_steps=phase.steps,
+        per_device_train_batch_size=preset.batch_size,
+        gradient_accumulation_steps=preset.gradient_accumulation_steps,
+        learning_rate=phase.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr" if phase.schedule == "cosine" else "constant_with_warmup",
+        lr_scheduler_kwargs={"min_lr_rate": phase.min_lr_ratio} if phase.schedule == "cosine" else {},
+        warmup_steps=phase.warmup_steps,
+        weight_decay=phase.weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        save_strategy="steps",
+        save_steps=preset.save_steps,
+        save_total_limit=2,
+        logging_steps=preset.logging_steps,
+        logging_first_step=True,
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        report_to="none",
+        disable_tqdm=not bars_enabled(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+    class _LogLines(TrainerCallback):
+        """One INFO line per logging step when there is no progress bar to watch."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if not bars_enabled() and logs and "loss" in logs:
+                logger.info("%s: step %d/%d loss %.4f", what, state.global_step, state.max_steps, logs["loss"])
+
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_LogLines(), *callbacks])
+    trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; _LogLines says the same on stderr
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    world = max(args.world_size, 1)
+    result = TrainResult(
+        steps=trainer.state.global_step,
+        tokens=trainer.state.global_step * preset.tokens_per_step * world,
+        seconds=round(time.monotonic() - started, 1),
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        resumed_from_step=int(resume_from.name.split("-")[-1]) if resume_from else None,
+        device=device,
+    )
+    return result, trainer
