@@ -1,0 +1,98 @@
+"""The main job: build whatever is missing in the workspace, reuse the rest.
+
+Stages, in order: corpora -> tokenizer (+ token streams) -> seed -> experts ->
+generalist(s) -> sanity check. A current artifact is reused; a stale one (built
+from other inputs) stops the run with the command that rebuilds it, unless
+``update`` asks to rebuild stale artifacts in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from moe_experts.data.build import build_corpora, corpora_dir, corpora_status, require_corpora
+from moe_experts.data.tokenizer import build_token_streams, tokenizer_status, train_tokenizer
+from moe_experts.errors import StaleArtifactError
+from moe_experts.modeling.sanity import SanityReport, run_sanity
+from moe_experts.modeling.stages import Setup, TrainOptions, train_experts, train_generalists, train_seed
+from moe_experts.workspace import MANIFEST, read_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    stage: str
+    seconds: float
+    built: bool
+
+
+@dataclass
+class QuickstartResult:
+    timings: list[StageTiming] = field(default_factory=list)
+    sanity: SanityReport | None = None
+
+
+def ensure_corpora(setup: Setup, *, force: bool = False, update: bool = True, strict: bool = False) -> bool:
+    """Build the corpora when missing (or stale with ``update``, or always with ``force``); True if built."""
+    status = corpora_status(setup.workspace, setup.registry, setup.preset.data)
+    if status == "current" and not force:
+        logger.info("corpora: up to date, reusing %s", corpora_dir(setup.workspace))
+        return False
+    if status == "stale" and not (force or update):
+        raise StaleArtifactError(
+            "corpora were built from other cards or data settings than the current ones",
+            hint="run `moe-experts data build` (or `moe-experts quickstart --update`) to rebuild them",
+        )
+    logger.info("corpora: building (%s)", "forced" if status == "current" else status)
+    build_corpora(setup.workspace, setup.registry, setup.preset.data, strict=strict)
+    return True
+
+
+def ensure_tokenizer(setup: Setup, *, force: bool = False, update: bool = True) -> bool:
+    """Train the tokenizer when needed, then make sure every token stream exists; True if trained."""
+    corpora = require_corpora(setup.workspace, setup.registry, setup.preset.data)
+    status = tokenizer_status(setup.workspace, corpora, setup.preset)
+    built = False
+    if status == "stale" and not (force or update):
+        raise StaleArtifactError(
+            "the tokenizer was trained on other corpora or settings than the current ones",
+            hint="run `moe-experts data tokenizer` (or `moe-experts quickstart --update`) to retrain it",
+        )
+    if status != "current" or force:
+        logger.info("tokenizer: training (%s)", "forced" if status == "current" else status)
+        train_tokenizer(setup.workspace, setup.registry, setup.preset)
+        built = True
+    else:
+        logger.info("tokenizer: up to date, reusing %s", setup.workspace.tokenizer_dir)
+    build_token_streams(setup.workspace, setup.registry, read_json(setup.workspace.tokenizer_dir / MANIFEST))
+    return built
+
+
+def _timed(result: QuickstartResult, stage: str, fn: Callable[[], Any], built: Callable[[Any], bool]) -> Any:
+    started = time.monotonic()
+    out = fn()
+    result.timings.append(StageTiming(stage, round(time.monotonic() - started, 1), built(out)))
+    return out
+
+
+def quickstart(setup: Setup, opts: TrainOptions, *, strict: bool = False) -> QuickstartResult:
+    """Build every missing artifact for the starter experts, then run the sanity check."""
+    removed = setup.workspace.clean_stale_temporaries()
+    if removed:
+        logger.info("removed %d temporary folder(s) left by an interrupted build", removed)
+    result = QuickstartResult()
+    flag: Callable[[bool], bool] = bool
+    _timed(result, "corpora", lambda: ensure_corpora(setup, update=opts.update, strict=strict), flag)
+    _timed(result, "tokenizer", lambda: ensure_tokenizer(setup, update=opts.update), flag)
+    _timed(result, "seed", lambda: train_seed(setup, opts), lambda b: b.trained)
+    for card in setup.registry.starters:
+        _timed(result, f"expert {card.name}", lambda c=card: train_experts(setup, [c.domain], opts),
+               lambda bs: any(b.trained for b in bs))
+    _timed(result, "generalist", lambda: train_generalists(setup, opts), lambda bs: any(b.trained for b in bs))
+    result.sanity = _timed(result, "sanity check", lambda: run_sanity(setup), lambda r: not r.reused)
+    return result
