@@ -1,0 +1,102 @@
+"""Shared fixtures: a micro-preset workspace built once per test session.
+
+The test cards read real installed sources (stdlib code, HPO, package licences)
+with small limits, plus a local jsonl for the general domain written here, so
+the suite never depends on Debian packages being installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MOE_EXPERTS_NO_PROGRESS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+_NOUNS = "river city garden teacher window mountain letter morning song harbor forest bridge kitchen market lantern".split()
+_VERBS = "walked watched painted carried followed visited crossed remembered opened described".split()
+_ADJS = "quiet bright old narrow distant gentle busy cold golden small".split()
+
+
+def general_english(n_docs: int, seed: int = 0) -> list[str]:
+    """Deterministic plain-English paragraphs for the test 'general' domain."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        sentences = []
+        for _ in range(rng.randint(3, 6)):
+            sentences.append(
+                f"The {rng.choice(_ADJS)} {rng.choice(_NOUNS)} {rng.choice(_VERBS)} "
+                f"the {rng.choice(_ADJS)} {rng.choice(_NOUNS)} near the {rng.choice(_NOUNS)}."
+            )
+        docs.append(" ".join(sentences))
+    return docs
+
+
+def card(name: str, sources: list[dict], *, fallback: bool = False, min_documents: int = 20) -> dict:
+    return {
+        "name": name,
+        "domain": name,
+        "description": f"test expert for {name}",
+        "fallback": fallback,
+        "model": "starter",
+        "corpus": {"sources": sources, "min_documents": min_documents, "min_characters": 2000},
+        "examples": {"positive": [f"a {name} prompt"], "negative": ["something else"]},
+    }
+
+
+def write_test_cards(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    general = folder / "general.jsonl"
+    general.write_text("".join(json.dumps({"text": t}) + "\n" for t in general_english(240)))
+    cards = [
+        card("code", [{"kind": "python_stdlib", "limit": 40}]),
+        card("general", [{"kind": "local", "path": str(general), "format": "jsonl"}], fallback=True),
+        card("law", [{"kind": "package_licenses", "limit": 60, "include_common_licenses": False}]),
+        card("medicine", [{"kind": "hpo", "limit": 300}]),
+    ]
+    for c in cards:
+        (folder / f"{c['name']}.yaml").write_text(yaml.safe_dump(c, sort_keys=False))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_cards(tmp_path_factory.mktemp("cards"))
+
+
+@pytest.fixture(scope="session")
+def micro_setup(cards_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A micro workspace with corpora, tokenizer and token streams (no models)."""
+    from moe_experts.config import load_preset, load_registry
+    from moe_experts.modeling.stages import Setup
+    from moe_experts.pipeline import ensure_corpora, ensure_tokenizer
+    from moe_experts.workspace import Workspace
+
+    preset = load_preset("micro")
+    ws = Workspace(tmp_path_factory.mktemp("ws") / "micro")
+    ws.open(preset.name, preset.fingerprint())
+    setup = Setup(workspace=ws, registry=load_registry(cards_dir), preset=preset)
+    ensure_corpora(setup)
+    ensure_tokenizer(setup)
+    return setup
+
+
+@pytest.fixture(scope="session")
+def trained_setup(micro_setup):
+    """The micro workspace with seed, experts and generalist trained."""
+    from moe_experts.modeling.stages import train_experts, train_generalists, train_seed
+
+    train_seed(micro_setup)
+    train_experts(micro_setup)
+    train_generalists(micro_setup)
+    return micro_setup

@@ -1,0 +1,169 @@
+"""The command line end to end on the micro preset, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, write_test_cards
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "moe_experts", *args],
+        capture_output=True, text=True, cwd=cwd or REPO, env=full_env, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Cards and a workspace on which `quickstart` ran once through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    cards = write_test_cards(root / "cards")
+    ws = root / "ws"
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart")
+    assert result.returncode == 0, result.stderr
+    return cards, ws
+
+
+def test_help_is_light():
+    """--help must not import torch, transformers or faiss (it is what makes it instant)."""
+    code = (
+        "import sys; from moe_experts.cli import cli; from click.testing import CliRunner;"
+        "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output;"
+        "print(sorted(m for m in ('torch', 'transformers', 'faiss', 'sentence_transformers', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_quickstart_end_to_end(cli_workspace):
+    cards, ws = cli_workspace
+    for name in ("seed", "code", "general", "law", "medicine", "generalist"):
+        assert (ws / "models" / name / "model.safetensors").exists()
+        assert (ws / "models" / name / "tokenizer.json").exists()
+    assert (ws / "reports" / "sanity" / "sanity.json").exists()
+    assert not list(ws.rglob(".tmp-*"))  # nothing half-written
+    assert not (ws / "checkpoints").exists() or not any((ws / "checkpoints").iterdir())
+
+
+def test_second_quickstart_reuses_everything(cli_workspace):
+    cards, ws = cli_workspace
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart")
+    assert result.returncode == 0, result.stderr
+    status = [line.split()[-1] for line in result.stdout.splitlines() if line.split()[-1:] in (["built"], ["reused"])]
+    assert status and set(status) == {"reused"}
+    assert "validation perplexity" in result.stdout
+
+
+def test_data_show_and_sanity(cli_workspace):
+    cards, ws = cli_workspace
+    shown = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "data", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert all(d in shown.stdout for d in ("code", "general", "law", "medicine"))
+    checked = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "sanity")
+    assert checked.returncode == 0
+    assert "seed" in checked.stdout and "generalist" in checked.stdout
+
+
+def test_cards_commands():
+    listed = run_cli("cards", "list")
+    assert listed.returncode == 0 and "(fallback)" in listed.stdout
+    validated = run_cli("cards", "validate")
+    assert validated.returncode == 0 and "4 cards" in validated.stdout
+
+
+def test_broken_card_exit_code_and_message(tmp_path: Path):
+    cards = write_test_cards(tmp_path / "cards")
+    data = yaml.safe_load((cards / "law.yaml").read_text())
+    data["corpus"]["min_documents"] = -5
+    (cards / "law.yaml").write_text(yaml.safe_dump(data))
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(tmp_path / "ws"), "data", "build")
+    assert result.returncode == 2
+    assert "law.yaml" in result.stderr and "corpus.min_documents" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_domain(cli_workspace):
+    cards, ws = cli_workspace
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "train", "experts", "--domains", "finance")
+    assert result.returncode == 2
+    assert "unknown domain 'finance'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_source_names_it_and_fails_when_domain_too_small(tmp_path: Path):
+    cards = write_test_cards(tmp_path / "cards")
+    data = yaml.safe_load((cards / "general.yaml").read_text())
+    data["corpus"]["sources"] = [{"kind": "local", "path": str(tmp_path / "nowhere" / "*.txt")}]
+    (cards / "general.yaml").write_text(yaml.safe_dump(data))
+    ws = tmp_path / "ws"
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "data", "build")
+    assert result.returncode == 3
+    assert "domain 'general' has 0 documents" in result.stderr
+    assert "local" in result.stderr and "nowhere" in result.stderr
+    assert not (ws / "corpora").exists()  # nothing half-written
+
+
+def test_unwritable_workspace(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli("--preset", "micro", "-w", str(blocker / "ws"), "data", "build")
+    assert result.returncode == 4
+    assert "cannot create workspace" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_workspace_of_another_preset(cli_workspace):
+    cards, ws = cli_workspace
+    result = run_cli("--preset", "tiny", "--cards", str(cards), "-w", str(ws), "data", "show")
+    assert result.returncode == 4
+    assert "created for preset 'micro'" in result.stderr
+
+
+def test_corrupted_checkpoint_exit_code(cli_workspace, tmp_path: Path):
+    cards, ws = cli_workspace
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    weights = copy / "models" / "law" / "model.safetensors"
+    weights.write_bytes(b"\0" * 100)
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(copy), "train", "experts", "-d", "law")
+    assert result.returncode == 5
+    assert "corrupted" in result.stderr and "--force" in result.stderr
+
+
+def test_interrupted_run_needs_resume_or_restart(cli_workspace, tmp_path: Path):
+    cards, ws = cli_workspace
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    shutil.rmtree(copy / "models" / "generalist")
+    (copy / "checkpoints" / "generalist" / "checkpoint-4").mkdir(parents=True)
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(copy), "train", "generalist")
+    assert result.returncode == 6
+    assert "--resume" in result.stderr and "--restart" in result.stderr
+
+
+def test_torchrun_two_processes_train_one_model(cli_workspace, tmp_path: Path):
+    """The multi-GPU path, on two CPU processes (gloo): one model, trained on twice the tokens."""
+    cards, ws = cli_workspace
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, ignore=shutil.ignore_patterns("models", "reports"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "moe_experts",
+         "--preset", "micro", "--cards", str(cards), "-w", str(copy), "train", "seed"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("seed: trained") == 1  # rank 1 stays quiet
+    manifest = json.loads((copy / "models" / "seed" / "moe_experts.json").read_text())
+    preset = yaml.safe_load((REPO / "moe_experts" / "presets" / "micro.yaml").read_text())
+    steps = preset["seed_phase"]["steps"]
+    assert manifest["training"]["steps"] == steps
+    assert manifest["training"]["tokens"] == steps * preset["seq_len"] * preset["batch_size"] * 2

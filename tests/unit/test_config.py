@@ -1,0 +1,155 @@
+"""Cards and presets: every shipped one validates, broken ones are refused by file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moe_experts.config import (
+    PRESETS_DIR,
+    ExpertCard,
+    load_card,
+    load_preset,
+    load_registry,
+    shipped_presets,
+)
+from moe_experts.errors import ConfigError, UnknownDomainError
+from tests.conftest import REPO, card
+
+SHIPPED_CARDS = sorted((REPO / "experts").glob("*.yaml"))
+
+
+def test_repository_ships_the_four_domains():
+    assert [p.stem for p in SHIPPED_CARDS] == ["code", "general", "law", "medicine"]
+
+
+@pytest.mark.parametrize("path", SHIPPED_CARDS, ids=lambda p: p.stem)
+def test_every_shipped_card_validates(path: Path):
+    c = load_card(path)
+    assert c.name == path.stem
+    assert c.examples.positive and c.examples.negative
+    assert c.corpus.sources
+
+
+def test_shipped_registry_has_one_fallback_and_sorted_cards():
+    registry = load_registry(REPO / "experts")
+    assert registry.names == sorted(registry.names)
+    assert registry.fallback.name == "general"
+    assert len(registry.starters) == 4
+
+
+@pytest.mark.parametrize("name", shipped_presets())
+def test_every_shipped_preset_validates(name: str):
+    preset = load_preset(name)
+    assert preset.name == name
+    assert preset.tokens_per_step == preset.seq_len * preset.batch_size * preset.gradient_accumulation_steps
+
+
+def test_presets_listed_are_the_files():
+    assert shipped_presets() == sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    assert {"micro", "tiny", "small"} <= set(shipped_presets())
+
+
+def _write(folder: Path, data: dict, name: str | None = None) -> Path:
+    path = folder / f"{name or data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_missing_field_names_file_and_field(tmp_path: Path):
+    data = card("law", [{"kind": "hpo"}])
+    del data["description"]
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_card(path)
+    assert str(path) in str(err.value)
+    assert "description" in str(err.value)
+
+
+def test_wrong_type_and_unknown_field_are_named(tmp_path: Path):
+    data = card("law", [{"kind": "hpo"}])
+    data["corpus"]["min_documents"] = "many"
+    data["colour"] = "blue"
+    with pytest.raises(ConfigError) as err:
+        load_card(_write(tmp_path, data))
+    message = str(err.value)
+    assert "corpus.min_documents" in message
+    assert "colour" in message
+
+
+def test_unknown_source_kind_lists_known_ones(tmp_path: Path):
+    data = card("law", [{"kind": "wikipedia"}])
+    with pytest.raises(ConfigError) as err:
+        load_card(_write(tmp_path, data))
+    assert "wikipedia" in str(err.value)
+    assert "python_stdlib" in str(err.value)
+
+
+def test_source_options_are_strict(tmp_path: Path):
+    data = card("law", [{"kind": "hpo", "pth": "/x"}])
+    with pytest.raises(ConfigError, match="pth"):
+        load_card(_write(tmp_path, data))
+
+
+def test_name_must_match_file(tmp_path: Path):
+    path = _write(tmp_path, card("law", [{"kind": "hpo"}]), name="legal")
+    with pytest.raises(ConfigError, match="differs from the file name"):
+        load_card(path)
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path):
+    path = tmp_path / "law.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_card(path)
+
+
+def test_model_source_shorthand():
+    base = card("law", [{"kind": "hpo"}])
+    assert ExpertCard.model_validate(base).model.kind == "starter"
+    hf = ExpertCard.model_validate({**base, "model": "org/some-model"})
+    assert (hf.model.kind, hf.model.name_or_path) == ("pretrained", "org/some-model")
+    with pytest.raises(ValueError, match="name_or_path"):
+        ExpertCard.model_validate({**base, "model": {"kind": "pretrained"}})
+
+
+def test_registry_rules(tmp_path: Path):
+    a = tmp_path / "a"
+    a.mkdir()
+    _write(a, card("law", [{"kind": "hpo"}]))
+    _write(a, card("code", [{"kind": "hpo"}]))
+    with pytest.raises(ConfigError, match="fallback"):
+        load_registry(a)
+    _write(a, card("general", [{"kind": "hpo"}], fallback=True))
+    dup = card("medicine", [{"kind": "hpo"}])
+    dup["domain"] = "law"
+    _write(a, dup)
+    with pytest.raises(ConfigError, match="both declare domain 'law'"):
+        load_registry(a)
+
+
+def test_a_fifth_expert_is_just_a_card(tmp_path: Path):
+    for name in ("code", "general", "law", "medicine"):
+        (tmp_path / f"{name}.yaml").write_text((REPO / "experts" / f"{name}.yaml").read_text())
+    _write(tmp_path, card("finance", [{"kind": "local", "path": "finance/*.txt"}]))
+    registry = load_registry(tmp_path)
+    assert "finance" in registry.domains
+    assert registry.by_domain("finance").name == "finance"
+
+
+def test_unknown_domain_names_the_known_ones():
+    registry = load_registry(REPO / "experts")
+    with pytest.raises(UnknownDomainError) as err:
+        registry.select(["law", "finance"])
+    assert "finance" in str(err.value) and "medicine" in str(err.value)
+
+
+def test_unknown_preset_lists_shipped(tmp_path: Path):
+    with pytest.raises(ConfigError, match="tiny"):
+        load_preset("huge")
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump({**yaml.safe_load((PRESETS_DIR / "micro.yaml").read_text()), "seq_len": 0}))
+    with pytest.raises(ConfigError, match="seq_len"):
+        load_preset(str(bad))
