@@ -14,6 +14,7 @@ from moe_experts.data.sources.icd10 import ICD10Source
 from moe_experts.data.sources.licenses import DebianCopyrightSource, PackageLicensesSource
 from moe_experts.data.sources.local import LocalFilesSource
 from moe_experts.data.sources.python_code import PythonStdlibSource
+from moe_experts.data.sources.scancode import ScanCodeLicensesSource
 from moe_experts.data.sources.wordnet import WordNetSource
 
 SOURCES: dict[str, type[Source]] = {
@@ -24,6 +25,7 @@ SOURCES: dict[str, type[Source]] = {
         ICD10Source,
         PackageLicensesSource,
         DebianCopyrightSource,
+        ScanCodeLicensesSource,
         WordNetSource,
         GcideSource,
         LocalFilesSource,
