@@ -1,0 +1,1 @@
+"""Metrics, the evaluation runner and the report writers."""
