@@ -1,0 +1,1 @@
+"""Routing: embedder, vector index, document router, token-level MoE."""
