@@ -350,3 +350,93 @@ def hash_json(value: Any) -> str:
     """A stable short hash of JSON-able data (sorted keys)."""
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- router recipes
+
+RECIPES_DIR = Path("router_training")
+
+
+class IndexRecipe(StrictModel):
+    """The FAISS index of embedded training documents."""
+
+    approximate_above: int = Field(
+        default=10_000, ge=1, description="Exact inner-product search up to this many documents, approximate above."
+    )
+    approximate_kind: Literal["hnsw", "ivf"] = "hnsw"
+    hnsw_m: int = Field(default=32, ge=4)
+    hnsw_ef_construction: int = Field(default=80, ge=8)
+    hnsw_ef_search: int = Field(default=64, ge=1)
+    ivf_nprobe: int = Field(default=32, ge=1)
+    recall_k: int = Field(default=10, ge=1)
+    min_recall: float = Field(default=0.95, gt=0.0, le=1.0, description="Refuse an approximate index below this recall.")
+
+
+class ClassifierRecipe(StrictModel):
+    """Logistic regression on the embeddings and a kNN vote over FAISS neighbours; the better on validation is kept."""
+
+    method: Literal["auto", "logreg", "knn", "combined"] = Field(
+        default="auto", description="auto: whichever of logreg, knn and their average has the lowest validation log loss."
+    )
+    logreg_c: float = Field(default=10.0, gt=0.0, description="Inverse L2 strength of the logistic regression.")
+    knn_k: int = Field(default=10, ge=1)
+    calibration: Literal["temperature", "isotonic"] = "temperature"
+
+
+class AbstainRecipe(StrictModel):
+    """When the router hands a request to the fallback (general) expert instead of its top guess."""
+
+    max_abstain_rate: float = Field(
+        default=0.05, ge=0.0, le=1.0,
+        description="The confidence threshold is tuned on validation for accuracy, abstaining on at most this share.",
+    )
+    far_quantile: float = Field(
+        default=0.002, ge=0.0, lt=0.5,
+        description="A request whose nearest training document is less similar than this quantile of validation "
+        "documents' nearest similarities is 'far from every training document'.",
+    )
+
+
+class UnsupervisedRecipe(StrictModel):
+    """c-BTM style: k-means clusters of the embeddings, mapped to experts by the validation majority."""
+
+    clusters: int = Field(default=16, ge=2)
+    iterations: int = Field(default=25, ge=1)
+
+
+class DocRouterRecipe(StrictModel):
+    """How ``moe-experts train-router --kind doc`` builds the document-level router."""
+
+    kind: Literal["doc"] = "doc"
+    embedder: str = Field(default="default", description="'default' (bundled all-MiniLM-L6-v2) or a local folder.")
+    embed_batch_size: int = Field(default=64, ge=1)
+    # On CPU embedding is the slow part (~10-60 documents/s on 2 cores), so by default
+    # the router learns from a deterministic sample; null indexes everything (GPU).
+    max_train_documents_per_domain: int | None = Field(
+        default=500, ge=10, description="Sample at most this many training documents per domain (by content hash)."
+    )
+    max_val_documents_per_domain: int | None = Field(default=150, ge=10)
+    index: IndexRecipe = IndexRecipe()
+    classifier: ClassifierRecipe = ClassifierRecipe()
+    abstain: AbstainRecipe = AbstainRecipe()
+    unsupervised: UnsupervisedRecipe = UnsupervisedRecipe()
+    seed: int = 0
+
+    def fingerprint(self) -> str:
+        return hash_json(self.model_dump(mode="json"))
+
+
+def load_recipe(path: Path | None) -> DocRouterRecipe:
+    """A router recipe YAML (default: router_training/doc.yaml when present, else built-in defaults)."""
+    if path is None:
+        default = RECIPES_DIR / "doc.yaml"
+        if not default.exists():
+            return DocRouterRecipe()
+        path = default
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping")
+    try:
+        return DocRouterRecipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc), hint=f"edit {path}") from exc

@@ -65,3 +65,9 @@ class TrainingError(MoeExpertsError):
     """Training could not start or continue (for example leftover checkpoints without --resume)."""
 
     exit_code = 6
+
+
+class RequestError(MoeExpertsError):
+    """A request to ``ask`` is unusable: empty, not UTF-8, too large, or names an unknown expert."""
+
+    exit_code = 2

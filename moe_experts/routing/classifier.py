@@ -1,0 +1,150 @@
+"""The document router's posterior over experts: scorers and their calibration.
+
+Every scorer maps embeddings to raw log-probabilities over experts (N, C):
+
+- ``logreg``: multinomial logistic regression on the embeddings (scikit-learn
+  fits it; the weights are kept as plain arrays, so no pickle is ever written);
+- ``knn``: a similarity-weighted vote of the k nearest training documents;
+- ``combined``: the average of the two distributions;
+- ``clusters``: (unsupervised, c-BTM) a softmax over cosine similarity to k-means
+  centroids, each cluster's mass given to the expert it maps to.
+
+A ``Calibrator`` (temperature or per-class isotonic) fitted on validation turns
+raw log-probabilities into the posterior the router reports and thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+# Pseudo-votes spread over all experts so a kNN posterior is never exactly 0 or 1.
+KNN_SMOOTHING = 0.05
+# Sharpness of the softmax over centroid similarities before calibration.
+CLUSTER_SCALE = 20.0
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)  # (N, C)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(z))
+
+
+@dataclass(frozen=True)
+class LogisticModel:
+    coef: np.ndarray  # (C, D)
+    intercept: np.ndarray  # (C,)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float, seed: int) -> LogisticModel:
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+        clf.fit(x, y)
+        # scikit-learn orders rows by the classes it saw; put them in expert order (every class is present).
+        coef = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+        intercept = np.zeros(n_classes, dtype=np.float32)
+        coef[clf.classes_] = clf.coef_
+        intercept[clf.classes_] = clf.intercept_
+        return cls(coef=coef, intercept=intercept)
+
+    def log_probs(self, x: np.ndarray) -> np.ndarray:
+        return log_softmax(x @ self.coef.T + self.intercept)  # (N, C)
+
+
+def knn_log_probs(sims: np.ndarray, neighbour_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Similarity-weighted vote of neighbours (N, k) -> log-probabilities (N, C)."""
+    votes = np.zeros((sims.shape[0], n_classes), dtype=np.float64)  # (N, C)
+    valid = neighbour_labels >= 0  # FAISS pads missing neighbours with -1
+    weights = np.where(valid, np.clip(sims, 0.0, None), 0.0)  # (N, k)
+    rows = np.repeat(np.arange(sims.shape[0]), sims.shape[1]).reshape(sims.shape)
+    np.add.at(votes, (rows[valid], neighbour_labels[valid]), weights[valid])
+    votes += KNN_SMOOTHING * np.maximum(weights.sum(axis=1, keepdims=True), 1e-6) / n_classes
+    return np.log(votes / votes.sum(axis=1, keepdims=True))
+
+
+def combined_log_probs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.log((np.exp(a) + np.exp(b)) / 2.0)
+
+
+def cluster_log_probs(x: np.ndarray, centroids: np.ndarray, cluster_expert: np.ndarray, n_classes: int) -> np.ndarray:
+    """Softmax over centroid similarity (N, K), each cluster's mass summed into its expert -> (N, C)."""
+    cluster_p = softmax(CLUSTER_SCALE * (x @ centroids.T))  # (N, K)
+    expert_p = np.zeros((x.shape[0], n_classes))  # (N, C)
+    for k, e in enumerate(cluster_expert):
+        expert_p[:, e] += cluster_p[:, k]
+    return np.log(np.clip(expert_p, 1e-12, 1.0))
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Temperature scaling (one scalar) or per-class isotonic maps, fitted on validation."""
+
+    kind: Literal["temperature", "isotonic"]
+    temperature: float = 1.0
+    # isotonic: per class, the breakpoints (x, y) of a monotone map of that class's probability
+    iso_x: tuple[np.ndarray, ...] = ()
+    iso_y: tuple[np.ndarray, ...] = ()
+
+    @classmethod
+    def fit(cls, kind: Literal["temperature", "isotonic"], raw: np.ndarray, y: np.ndarray) -> Calibrator:
+        if kind == "temperature":
+            return cls(kind=kind, temperature=fit_temperature(raw, y))
+        from sklearn.isotonic import IsotonicRegression
+
+        p = np.exp(raw)
+        xs, ys = [], []
+        for c in range(raw.shape[1]):
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p[:, c], (y == c).astype(float))
+            xs.append(np.asarray(iso.X_thresholds_, dtype=np.float64))
+            ys.append(np.asarray(iso.y_thresholds_, dtype=np.float64))
+        return cls(kind=kind, iso_x=tuple(xs), iso_y=tuple(ys))
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, C) from raw log-probabilities (N, C)."""
+        if self.kind == "temperature":
+            return softmax(raw / self.temperature)
+        p = np.exp(raw)
+        q = np.stack([np.interp(p[:, c], self.iso_x[c], self.iso_y[c]) for c in range(p.shape[1])], axis=1)  # (N, C)
+        # A row the maps send to all zeros keeps a small share of the raw distribution, so it stays a distribution.
+        q = q + 1e-6 * p
+        return q / q.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising validation log loss of softmax(raw / T)."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        lp = log_softmax(raw / np.exp(log_t))
+        return float(-lp[np.arange(len(y)), y].mean())
+
+    res = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded")
+    return float(np.exp(res.x))
+
+
+def tune_confidence_threshold(probs: np.ndarray, y: np.ndarray, fallback: int, max_abstain_rate: float) -> float:
+    """The confidence below which abstaining to the fallback maximises validation accuracy.
+
+    Abstaining is allowed on at most ``max_abstain_rate`` of validation documents;
+    ties go to the lowest threshold (abstain as rarely as possible).
+    """
+    conf = probs.max(axis=1)
+    pred = probs.argmax(axis=1)
+    order = np.argsort(conf)  # abstain on the least confident first
+    n = len(y)
+    correct_top = pred[order] == y[order]
+    correct_fallback = y[order] == fallback
+    # accuracy when abstaining on the first j: fallback right on those, top-1 right on the rest
+    gain = np.concatenate([[0], np.cumsum(correct_fallback.astype(int) - correct_top.astype(int))])  # (n+1,)
+    limit = int(np.floor(max_abstain_rate * n))
+    # only cut between distinct confidences, so the threshold reproduces the choice exactly
+    sorted_conf = conf[order]
+    allowed = [j for j in range(limit + 1) if j == 0 or j == n or sorted_conf[j - 1] < sorted_conf[j]]
+    best = max(allowed, key=lambda j: (gain[j], -j))
+    return 0.0 if best == 0 else float(sorted_conf[best]) if best < n else float(sorted_conf[-1]) + 1e-6

@@ -1,0 +1,277 @@
+"""The document-level router: embed a request, search the FAISS index, give a calibrated posterior.
+
+Artifact ``routers/doc/`` (written by ``routing.train_doc``):
+
+    router.json             manifest: embedder id + weights hash, expert set, corpus
+                            hashes, method, calibration, thresholds, validation metrics, versions
+    index.faiss             the embedded training documents
+    classifier.safetensors  logistic-regression weights, document labels, centroids,
+                            isotonic maps (plain arrays; no pickle)
+    documents.jsonl         id, domain and opening of every indexed document (for --explain)
+
+Loading refuses a router built for another expert set, embedder or corpus, and
+says what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moe_experts.config import ExpertRegistry
+from moe_experts.errors import CheckpointError, MissingArtifactError, StaleArtifactError
+from moe_experts.routing.classifier import (
+    Calibrator,
+    LogisticModel,
+    cluster_log_probs,
+    combined_log_probs,
+    knn_log_probs,
+)
+from moe_experts.routing.embedder import Embedder, resolve_embedder, weights_hash
+from moe_experts.routing.index import IndexInfo, VectorIndex
+from moe_experts.workspace import read_json
+
+logger = logging.getLogger(__name__)
+
+ROUTER_JSON = "router.json"
+TENSORS = "classifier.safetensors"
+DOCUMENTS = "documents.jsonl"
+FORMAT_VERSION = 1
+EXPLAIN_NEIGHBOURS = 5
+SNIPPET_CHARS = 160
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    doc_id: str
+    domain: str
+    similarity: float
+    snippet: str
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Where one request goes, and why."""
+
+    expert: str  # who answers (the fallback when the router abstains)
+    predicted: str  # the classifier's top-1
+    posterior: dict[str, float]  # calibrated, every expert, in expert order
+    confidence: float  # posterior of ``predicted``
+    abstained: bool
+    reason: str
+    nearest_similarity: float  # cosine similarity to the closest training document
+    neighbours: tuple[Neighbour, ...] = ()  # filled when explaining
+
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        """The k most probable experts with their posterior renormalised over those k."""
+        ranked = sorted(self.posterior.items(), key=lambda kv: -kv[1])[:k]
+        total = sum(p for _, p in ranked) or 1.0
+        return [(name, p / total) for name, p in ranked]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expert": self.expert,
+            "predicted": self.predicted,
+            "posterior": {k: round(v, 6) for k, v in self.posterior.items()},
+            "confidence": round(self.confidence, 6),
+            "abstained": self.abstained,
+            "reason": self.reason,
+            "nearest_similarity": round(self.nearest_similarity, 6),
+            "neighbours": [
+                {"id": n.doc_id, "domain": n.domain, "similarity": round(n.similarity, 6), "snippet": n.snippet}
+                for n in self.neighbours
+            ],
+        }
+
+
+def router_dir(workspace_root: Path) -> Path:
+    return workspace_root / "routers" / "doc"
+
+
+class DocRouter:
+    """A trained document router, ready to route (see ``load``)."""
+
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        index: VectorIndex,
+        tensors: dict[str, np.ndarray],
+        calibrator: Calibrator,
+        folder: Path,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.experts: list[str] = list(manifest["experts"])
+        self.fallback: str = manifest["fallback"]
+        self.method: str = manifest["classifier"]["method"]
+        self.knn_k: int = int(manifest["classifier"]["knn_k"])
+        self.min_confidence: float = float(manifest["thresholds"]["min_confidence"])
+        self.min_similarity: float = float(manifest["thresholds"]["min_similarity"])
+        self.index = index
+        self.tensors = tensors
+        self.calibrator = calibrator
+        self.folder = folder
+        self._embedder = embedder
+        self._documents: list[dict[str, str]] | None = None
+
+    # ------------------------------------------------------------------ scoring
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder(self.manifest["embedder"]["spec"])
+        return self._embedder
+
+    def warm_up(self) -> None:
+        """Load the embedder and run it once, so the first request pays no one-off start-up cost."""
+        self.embedder.embed(["warm-up"])
+
+    def raw_log_probs(self, vectors: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k)."""
+        n_classes = len(self.experts)
+        if self.method == "clusters":
+            return cluster_log_probs(vectors, self.tensors["centroids"], self.tensors["cluster_expert"], n_classes)
+        labels = np.where(ids >= 0, self.tensors["doc_labels"][np.clip(ids, 0, None)], -1)  # (N, k)
+        knn = knn_log_probs(sims, labels, n_classes)
+        if self.method == "knn":
+            return knn
+        logreg = LogisticModel(self.tensors["coef"], self.tensors["intercept"]).log_probs(vectors)
+        return logreg if self.method == "logreg" else combined_log_probs(logreg, knn)
+
+    def posteriors(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(calibrated posterior (N, C), neighbour similarities (N, k), neighbour ids (N, k))."""
+        sims, ids = self.index.search(vectors, max(self.knn_k, EXPLAIN_NEIGHBOURS))
+        raw = self.raw_log_probs(vectors, sims[:, : self.knn_k], ids[:, : self.knn_k])
+        return self.calibrator(raw), sims, ids
+
+    def decide(self, probs: np.ndarray, nearest: float) -> tuple[str, str, bool, str]:
+        """(expert, predicted, abstained, reason) for one calibrated posterior (C,)."""
+        top = int(np.argmax(probs))
+        predicted, conf = self.experts[top], float(probs[top])
+        if nearest < self.min_similarity:
+            return self.fallback, predicted, True, (
+                f"far from every training document: nearest similarity {nearest:.3f} < {self.min_similarity:.3f}; "
+                f"sent to the fallback expert '{self.fallback}'"
+            )
+        if conf < self.min_confidence:
+            return self.fallback, predicted, True, (
+                f"low confidence: top posterior {conf:.3f} ({predicted}) < {self.min_confidence:.3f}; "
+                f"sent to the fallback expert '{self.fallback}'"
+            )
+        return predicted, predicted, False, f"top posterior {conf:.3f} >= {self.min_confidence:.3f}"
+
+    def route(self, texts: list[str], *, explain: bool = False) -> tuple[list[RoutingDecision], float]:
+        """Decisions for many requests, and the seconds spent (embedding + search + classifier)."""
+        embedder = self.embedder  # loading the model is not part of routing latency
+        started = time.perf_counter()
+        vectors = embedder.embed(texts)  # (N, D)
+        probs, sims, ids = self.posteriors(vectors)
+        decisions = []
+        for i in range(len(texts)):
+            nearest = float(sims[i, 0]) if ids[i, 0] >= 0 else -1.0
+            expert, predicted, abstained, reason = self.decide(probs[i], nearest)
+            decisions.append(
+                RoutingDecision(
+                    expert=expert,
+                    predicted=predicted,
+                    posterior={e: float(p) for e, p in zip(self.experts, probs[i])},
+                    confidence=float(probs[i].max()),
+                    abstained=abstained,
+                    reason=reason,
+                    nearest_similarity=nearest,
+                    neighbours=self._neighbours(sims[i], ids[i]) if explain else (),
+                )
+            )
+        return decisions, time.perf_counter() - started
+
+    def _neighbours(self, sims: np.ndarray, ids: np.ndarray) -> tuple[Neighbour, ...]:
+        if self._documents is None:
+            with (self.folder / DOCUMENTS).open(encoding="utf-8") as f:
+                self._documents = [json.loads(line) for line in f]
+        return tuple(
+            Neighbour(
+                doc_id=self._documents[j]["id"],
+                domain=self._documents[j]["domain"],
+                similarity=float(s),
+                snippet=self._documents[j]["snippet"],
+            )
+            for s, j in zip(sims[:EXPLAIN_NEIGHBOURS], ids[:EXPLAIN_NEIGHBOURS])
+            if j >= 0
+        )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls, folder: Path, registry: ExpertRegistry, corpus_hashes: dict[str, Any] | None = None, *, check_embedder: bool = True
+    ) -> DocRouter:
+        """Load ``routers/doc``; refuse one built for another expert set, embedder or corpus."""
+        from safetensors.numpy import load_file
+
+        path = folder / ROUTER_JSON
+        if not path.exists():
+            raise MissingArtifactError(
+                f"no document router in {folder}", hint="run `moe-experts train-router` (or `moe-experts quickstart`)"
+            )
+        manifest = read_json(path)
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise StaleArtifactError(
+                f"{path} has format version {manifest.get('format_version')}, this moe-experts reads {FORMAT_VERSION}",
+                hint="retrain it: moe-experts train-router --force",
+            )
+        check_compatible(manifest, registry, corpus_hashes, check_embedder=check_embedder)
+        try:
+            tensors = load_file(str(folder / TENSORS))
+        except Exception as exc:  # safetensors raises its own error types for truncated files
+            raise CheckpointError(
+                f"router weights {folder / TENSORS} are missing or corrupted: {exc}",
+                hint="retrain it: moe-experts train-router --force",
+            ) from exc
+        info = IndexInfo.from_json(manifest["index"])
+        index = VectorIndex.load(folder, info)
+        cal = manifest["classifier"]["calibration"]
+        n = len(manifest["experts"])
+        calibrator = Calibrator(
+            kind=cal["kind"],
+            temperature=float(cal.get("temperature", 1.0)),
+            iso_x=tuple(tensors[f"iso_x_{c}"] for c in range(n)) if cal["kind"] == "isotonic" else (),
+            iso_y=tuple(tensors[f"iso_y_{c}"] for c in range(n)) if cal["kind"] == "isotonic" else (),
+        )
+        return cls(manifest, index, tensors, calibrator, folder)
+
+
+def check_compatible(
+    manifest: dict[str, Any], registry: ExpertRegistry, corpus_hashes: dict[str, Any] | None, *, check_embedder: bool
+) -> None:
+    diffs = []
+    if list(manifest["experts"]) != registry.names:
+        diffs.append(f"experts: router was built for {manifest['experts']}, the cards now declare {registry.names}")
+    if manifest.get("fallback") != registry.fallback.name:
+        diffs.append(f"fallback: router uses '{manifest.get('fallback')}', the cards now name '{registry.fallback.name}'")
+    if corpus_hashes is not None and manifest.get("corpus_hashes") != corpus_hashes:
+        changed = sorted(
+            d for d in set(corpus_hashes) | set(manifest.get("corpus_hashes", {}))
+            if corpus_hashes.get(d) != manifest.get("corpus_hashes", {}).get(d)
+        )
+        diffs.append(f"corpora: the training documents of {changed} changed since the router was built")
+    if check_embedder:
+        emb = manifest["embedder"]
+        try:
+            _, path = resolve_embedder(emb["spec"])
+            current = weights_hash(path)
+        except Exception as exc:  # noqa: BLE001 - any failure here is reported as a difference
+            current = f"unavailable ({exc})"
+        if current != emb["sha256"]:
+            diffs.append(
+                f"embedder: router was built with {emb['id']} (weights sha256 {emb['sha256'][:12]}), "
+                f"installed now: {current[:40]}"
+            )
+    if diffs:
+        raise StaleArtifactError(
+            "the document router does not match this workspace:\n  " + "\n  ".join(diffs),
+            hint="retrain it: moe-experts train-router --force",
+        )

