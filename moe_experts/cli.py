@@ -120,18 +120,23 @@ restart_option = click.option("--restart", is_flag=True, help="Discard an interr
 @restart_option
 @click.option("--update", is_flag=True, help="Rebuild stale artifacts (e.g. after editing a card) instead of stopping.")
 @click.option("--strict", is_flag=True, help="Fail when any corpus source is missing, not only when a domain is too small.")
+@click.option("--recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="YAML",
+              help="Document-router recipe [default: router_training/doc.yaml, else built-in defaults].")
 @click.pass_context
-def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, strict: bool) -> None:
-    """Build everything missing for the starter experts, then check them.
+def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, strict: bool, recipe: Path | None) -> None:
+    """Build everything missing, check the experts, train the document router.
 
-    Corpora, tokenizer, seed, one expert per card, generalist(s), and the
-    validation-perplexity sanity check. A second run reuses everything.
+    Corpora, tokenizer, seed, one expert per card, generalist(s), the
+    validation-perplexity sanity check, and the document router. A second run
+    reuses everything.
     """
+    from moe_experts.config import load_recipe
     from moe_experts.pipeline import quickstart as run
 
     setup = _setup(ctx)
+    rec = load_recipe(recipe)
     click.echo(f"workspace: {setup.workspace.root}  preset: {setup.preset.name}  experts: {', '.join(setup.registry.names)}")
-    result = run(setup, _train_options(resume, restart, update=update), strict=strict)
+    result = run(setup, _train_options(resume, restart, update=update), strict=strict, recipe=rec)
     click.echo("\nstage                  seconds  status")
     for t in result.timings:
         click.echo(f"{t.stage:<22}{t.seconds:>8.1f}  {'built' if t.built else 'reused'}")
@@ -139,6 +144,13 @@ def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, st
     _print_corpora(setup)
     if result.sanity is not None:
         _print_sanity(setup, result.sanity)
+    if result.router is not None:
+        from moe_experts.cli_router import print_router_summary
+        from moe_experts.routing.doc_router import router_dir
+
+        click.echo("")
+        print_router_summary(result.router, router_dir(setup.workspace.root))
+    click.echo('\nnext: moe-experts ask --text "What is the ICD-10 code for asthma?" --explain')
 
 
 # --------------------------------------------------------------------------- cards
@@ -340,3 +352,7 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("\ninterrupted; training resumes from its last checkpoint with --resume", err=True)
         sys.exit(130)
+
+
+# The router command family lives in its own module; importing it registers its commands on ``cli``.
+from moe_experts import cli_router  # noqa: E402, F401

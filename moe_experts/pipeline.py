@@ -1,7 +1,7 @@
 """The main job: build whatever is missing in the workspace, reuse the rest.
 
 Stages, in order: corpora -> tokenizer (+ token streams) -> seed -> experts ->
-generalist(s) -> sanity check. A current artifact is reused; a stale one (built
+generalist(s) -> sanity check -> document router. A current artifact is reused; a stale one (built
 from other inputs) stops the run with the command that rebuilds it, unless
 ``update`` asks to rebuild stale artifacts in place.
 """
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from moe_experts.config import DocRouterRecipe
 from moe_experts.data.build import build_corpora, corpora_dir, corpora_status, require_corpora
 from moe_experts.data.tokenizer import build_token_streams, tokenizer_status, train_tokenizer
 from moe_experts.errors import StaleArtifactError
@@ -35,6 +36,7 @@ class StageTiming:
 class QuickstartResult:
     timings: list[StageTiming] = field(default_factory=list)
     sanity: SanityReport | None = None
+    router: dict[str, Any] | None = None  # the document router's manifest when trained in this run
 
 
 def ensure_corpora(setup: Setup, *, force: bool = False, update: bool = True, strict: bool = False) -> bool:
@@ -80,7 +82,9 @@ def _timed(result: QuickstartResult, stage: str, fn: Callable[[], Any], built: C
     return out
 
 
-def quickstart(setup: Setup, opts: TrainOptions, *, strict: bool = False) -> QuickstartResult:
+def quickstart(
+    setup: Setup, opts: TrainOptions, *, strict: bool = False, recipe: DocRouterRecipe | None = None
+) -> QuickstartResult:
     """Build every missing artifact for the starter experts, then run the sanity check."""
     removed = setup.workspace.clean_stale_temporaries()
     if removed:
@@ -95,4 +99,40 @@ def quickstart(setup: Setup, opts: TrainOptions, *, strict: bool = False) -> Qui
                lambda bs: any(b.trained for b in bs))
     _timed(result, "generalist", lambda: train_generalists(setup, opts), lambda bs: any(b.trained for b in bs))
     result.sanity = _timed(result, "sanity check", lambda: run_sanity(setup), lambda r: not r.reused)
+    recipe = recipe or DocRouterRecipe()
+    result.router = _timed(result, "document router", lambda: ensure_doc_router(setup, recipe, update=opts.update),
+                           lambda m: m is not None)
     return result
+
+
+def ensure_experts(setup: Setup, opts: TrainOptions) -> list[str]:
+    """Build whatever the routers need and is missing (corpora, tokenizer, seed, starter experts); what was built."""
+    built = []
+    if ensure_corpora(setup, update=opts.update):
+        built.append("corpora")
+    if ensure_tokenizer(setup, update=opts.update):
+        built.append("tokenizer")
+    if setup.registry.starters:
+        if train_seed(setup, opts).trained:
+            built.append("seed")
+        built += [b.name for b in train_experts(setup, None, opts) if b.trained]
+    return built
+
+
+def ensure_doc_router(
+    setup: Setup, recipe: DocRouterRecipe, *, force: bool = False, update: bool = True, unsupervised: bool = False
+) -> dict[str, Any] | None:
+    """Train the document router when missing (or stale with ``update``, or always with ``force``); its manifest if trained."""
+    from moe_experts.routing.train_doc import doc_router_status, train_doc_router
+
+    status, diffs = doc_router_status(setup, recipe, unsupervised=unsupervised)
+    if status == "current" and not force:
+        logger.info("document router: up to date, reusing %s", setup.workspace.root / "routers" / "doc")
+        return None
+    if status == "stale" and not (force or update):
+        raise StaleArtifactError(
+            "the document router is stale:\n  " + "\n  ".join(diffs),
+            hint="run `moe-experts train-router --force` (or `moe-experts quickstart --update`)",
+        )
+    logger.info("document router: training (%s)", "forced" if status == "current" else "; ".join([status, *diffs]))
+    return train_doc_router(setup, recipe, unsupervised=unsupervised)

@@ -15,6 +15,10 @@ import yaml
 from tests.conftest import REPO, write_test_cards
 
 
+# the router learns from a small sample here: embedding is the slow part on CPU
+SMALL_RECIPE = {"max_train_documents_per_domain": 40, "max_val_documents_per_domain": 16}
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1", **(env or {})}
     return subprocess.run(
@@ -29,7 +33,8 @@ def cli_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     root = tmp_path_factory.mktemp("cli")
     cards = write_test_cards(root / "cards")
     ws = root / "ws"
-    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart")
+    (root / "doc.yaml").write_text(yaml.safe_dump(SMALL_RECIPE))
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart", "--recipe", str(root / "doc.yaml"))
     assert result.returncode == 0, result.stderr
     return cards, ws
 
@@ -51,13 +56,15 @@ def test_quickstart_end_to_end(cli_workspace):
         assert (ws / "models" / name / "model.safetensors").exists()
         assert (ws / "models" / name / "tokenizer.json").exists()
     assert (ws / "reports" / "sanity" / "sanity.json").exists()
+    assert (ws / "routers" / "doc" / "router.json").exists() and (ws / "routers" / "doc" / "index.faiss").exists()
     assert not list(ws.rglob(".tmp-*"))  # nothing half-written
     assert not (ws / "checkpoints").exists() or not any((ws / "checkpoints").iterdir())
 
 
 def test_second_quickstart_reuses_everything(cli_workspace):
     cards, ws = cli_workspace
-    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart")
+    recipe = ws.parent / "doc.yaml"
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart", "--recipe", str(recipe))
     assert result.returncode == 0, result.stderr
     status = [line.split()[-1] for line in result.stdout.splitlines() if line.split()[-1:] in (["built"], ["reused"])]
     assert status and set(status) == {"reused"}
