@@ -125,8 +125,13 @@ def test_experts_branch_from_the_seed_and_generalist_is_compute_matched(trained_
 
 
 def test_second_run_reuses_everything(trained_setup):
+    from moe_experts.config import DocRouterRecipe
+    from tests.integration.test_router import SMALL
+
+    recipe = DocRouterRecipe.model_validate(SMALL)
     run_sanity(trained_setup)
-    result = quickstart(trained_setup, TrainOptions())
+    quickstart(trained_setup, TrainOptions(), recipe=recipe)  # the router, if no test trained it yet
+    result = quickstart(trained_setup, TrainOptions(), recipe=recipe)
     assert [t.stage for t in result.timings if t.built] == []
     assert result.sanity is not None and result.sanity.reused
 
