@@ -38,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from moe_experts.routing.index import VectorIndex, normalize
 
 K = 10
@@ -204,16 +205,6 @@ def sweep(index: VectorIndex, knob: str, values: list[int], queries, truth, lat_
                      "build_s": index.info.build_seconds, "recall_at_10": recall_at_k(tuned, queries, truth),
                      "build_recall_estimate": estimate, **latency_ms(tuned, lat_queries)})
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

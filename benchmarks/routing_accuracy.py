@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
 from moe_experts.config import load_preset, load_registry  # noqa: E402
 from moe_experts.data.build import iter_documents  # noqa: E402
 from moe_experts.data.split import unit_hash  # noqa: E402
@@ -93,7 +94,7 @@ def main() -> None:
     result = {
         "benchmark": "routing_accuracy",
         "date": dt.date.today().isoformat(),
-        "machine": {"cpu": _cpu(), "cores": _cores(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cores": usable_cores(), "python": platform.python_version()},
         "workspace": str(ws.root),
         "experts": experts,
         "train_documents": len(train_texts),
@@ -110,22 +111,6 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written: {out}")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

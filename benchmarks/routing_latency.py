@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.routing_accuracy import _cores, _cpu  # noqa: E402
+from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
 from moe_experts.config import load_preset, load_registry  # noqa: E402
 from moe_experts.data.build import iter_documents  # noqa: E402
 from moe_experts.data.split import unit_hash  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
     result = {
         "benchmark": "routing_latency",
         "date": dt.date.today().isoformat(),
-        "machine": {"cpu": _cpu(), "cores": _cores(), "torch_threads": args.threads},
+        "machine": {"cpu": cpu_model(), "cores": usable_cores(), "torch_threads": args.threads},
         "workspace": str(ws.root),
         "requests": len(requests),
         "index": router.index.info.to_json(),

@@ -58,10 +58,9 @@ def _missing_prerequisites(setup: Any) -> list[str]:
     missing = []
     if corpora_status(setup.workspace, setup.registry, setup.preset.data) != "current":
         missing.append("corpora")
-    for name in ["seed", *(c.name for c in setup.registry.starters)] if setup.registry.starters else []:
-        if not (setup.workspace.model_dir(name) / MANIFEST).exists():
-            missing.append(f"model {name}")
-    return missing
+    starters = [c.name for c in setup.registry.starters]
+    needed = ["seed", *starters] if starters else []  # user-supplied experts need no training
+    return missing + [f"model {n}" for n in needed if not (setup.workspace.model_dir(n) / MANIFEST).exists()]
 
 
 def print_router_summary(m: dict[str, Any], folder: Path) -> None:

@@ -153,6 +153,15 @@ class ExpertRegistry(StrictModel):
             hint=f"use one of those names, or add a card {self.source_dir}/{domain}.yaml",
         )
 
+    def by_name(self, name: str) -> ExpertCard:
+        for card in self.cards:
+            if card.name == name:
+                return card
+        raise UnknownDomainError(
+            f"unknown expert '{name}'; the cards in {self.source_dir} declare: {', '.join(self.names)}",
+            hint=f"use one of those names, or add a card {self.source_dir}/{name}.yaml",
+        )
+
     def select(self, domains: Iterable[str] | None) -> list[ExpertCard]:
         """The cards of the given domains (all when None), unknown names refused."""
         if domains is None:

@@ -102,7 +102,7 @@ class ExpertPool:
 
     def get(self, name: str) -> LoadedModel:
         if name not in self._loaded:
-            card = next(c for c in self.setup.registry.cards if c.name == name)
+            card = self.setup.registry.by_name(name)
             if card.model.kind == "pretrained":
                 self._loaded[name] = load_pretrained(card.model, device=self.device)
             else:
@@ -173,5 +173,4 @@ def ask(
 
 
 def _settings(setup: Setup, name: str, overrides: dict[str, Any]) -> GenerationSettings:
-    card = next(c for c in setup.registry.cards if c.name == name)
-    return GenerationSettings.from_card(card.generation, **overrides)
+    return GenerationSettings.from_card(setup.registry.by_name(name).generation, **overrides)

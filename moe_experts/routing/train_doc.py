@@ -32,7 +32,7 @@ import numpy as np
 from moe_experts.config import DocRouterRecipe
 from moe_experts.data.build import iter_documents, require_corpora
 from moe_experts.data.split import unit_hash
-from moe_experts.errors import DataError
+from moe_experts.errors import DataError, StaleArtifactError
 from moe_experts.evaluation.metrics import accuracy, confusion_matrix, expected_calibration_error, log_loss, macro_f1
 from moe_experts.modeling.stages import Setup
 from moe_experts.progress import Progress
@@ -51,11 +51,12 @@ from moe_experts.routing.doc_router import (
     ROUTER_JSON,
     SNIPPET_CHARS,
     TENSORS,
+    check_compatible,
     router_dir,
 )
 from moe_experts.routing.embedder import Embedder
 from moe_experts.routing.index import VectorIndex
-from moe_experts.workspace import atomic_dir, versions, write_json_atomic
+from moe_experts.workspace import atomic_dir, read_json, versions, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -109,16 +110,14 @@ def embed_cached(setup: Setup, embedder: Embedder, ids: list[str], texts: list[s
     missing = [i for i, doc_id in enumerate(ids) if doc_id not in cached]
     if missing:
         logger.info("embedding %d documents (%d reused from %s)", len(missing), len(ids) - len(missing), folder)
-        fresh = np.zeros((0, embedder.dim), dtype=np.float32)
+        parts = []
         with Progress("embedding", total=len(missing), unit="doc") as bar:
-            parts = []
             for start in range(0, len(missing), EMBED_BLOCK):
                 block = missing[start : start + EMBED_BLOCK]
                 parts.append(embedder.embed([texts[i] for i in block]))
                 bar.update(len(block))
-            fresh = np.concatenate(parts)
         all_ids = [*cached, *(ids[i] for i in missing)]
-        vectors = np.concatenate([vectors, fresh])
+        vectors = np.concatenate([vectors, *parts])
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-vectors-{os.getpid()}.npy"
         np.save(tmp, vectors)
@@ -131,7 +130,7 @@ def embed_cached(setup: Setup, embedder: Embedder, ids: list[str], texts: list[s
 def _metrics(probs: np.ndarray, y: np.ndarray, n: int) -> dict[str, Any]:
     pred = probs.argmax(axis=1)
     return {
-        "documents": int(len(y)),
+        "documents": len(y),
         "accuracy": round(accuracy(y, pred), 5),
         "macro_f1": round(macro_f1(y, pred, n), 5),
         "log_loss": round(log_loss(probs, y), 5),
@@ -339,10 +338,6 @@ def _write(setup: Setup, manifest: dict[str, Any], index: VectorIndex, tensors: 
 
 def doc_router_status(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False) -> tuple[str, list[str]]:
     """("missing" | "current" | "stale", what differs) of ``routers/doc`` against the workspace and recipe."""
-    from moe_experts.errors import StaleArtifactError
-    from moe_experts.routing.doc_router import check_compatible
-    from moe_experts.workspace import read_json
-
     path = router_dir(setup.workspace.root) / ROUTER_JSON
     if not path.exists():
         return "missing", []
