@@ -163,7 +163,11 @@ class DocRouter:
                 f"low confidence: top posterior {conf:.3f} ({predicted}) < {self.min_confidence:.3f}; "
                 f"sent to the fallback expert '{self.fallback}'"
             )
-        return predicted, predicted, False, f"top posterior {conf:.3f} >= {self.min_confidence:.3f}"
+        bar = (f">= abstain threshold {self.min_confidence:.3f}" if self.min_confidence > 0
+               else "(no confidence threshold: abstaining never helped on validation)")
+        return predicted, predicted, False, (
+            f"top posterior {conf:.3f} {bar}; nearest training document {nearest:.3f} >= {self.min_similarity:.3f}"
+        )
 
     def route(self, texts: list[str], *, explain: bool = False) -> tuple[list[RoutingDecision], float]:
         """Decisions for many requests, and the seconds spent (embedding + search + classifier)."""
