@@ -122,21 +122,27 @@ restart_option = click.option("--restart", is_flag=True, help="Discard an interr
 @click.option("--strict", is_flag=True, help="Fail when any corpus source is missing, not only when a domain is too small.")
 @click.option("--recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="YAML",
               help="Document-router recipe [default: router_training/doc.yaml, else built-in defaults].")
+@click.option("--eval-max-docs", type=int, default=300, show_default=True, metavar="N",
+              help="Test documents a domain in the final report (a fixed sample; `moe-experts eval` scores all).")
 @click.pass_context
-def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, strict: bool, recipe: Path | None) -> None:
-    """Build everything missing, check the experts, train the document router.
+def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, strict: bool, recipe: Path | None,
+               eval_max_docs: int) -> None:
+    """Build everything missing, check the experts, train the router, write the report.
 
     Corpora, tokenizer, seed, one expert per card, generalist(s), the
-    validation-perplexity sanity check, and the document router. A second run
-    reuses everything.
+    validation-perplexity sanity check, the document router, and the
+    evaluation report on the test split. A second run reuses everything.
     """
     from moe_experts.config import load_recipe
+    from moe_experts.evaluation.runner import EvalOptions
     from moe_experts.pipeline import quickstart as run
 
     setup = _setup(ctx)
     rec = load_recipe(recipe)
+    evaluation = EvalOptions(max_docs=eval_max_docs)
+    evaluation.check()
     click.echo(f"workspace: {setup.workspace.root}  preset: {setup.preset.name}  experts: {', '.join(setup.registry.names)}")
-    result = run(setup, _train_options(resume, restart, update=update), strict=strict, recipe=rec)
+    result = run(setup, _train_options(resume, restart, update=update), strict=strict, recipe=rec, evaluation=evaluation)
     click.echo("\nstage                  seconds  status")
     for t in result.timings:
         click.echo(f"{t.stage:<22}{t.seconds:>8.1f}  {'built' if t.built else 'reused'}")
@@ -150,6 +156,11 @@ def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, st
 
         click.echo("")
         print_router_summary(result.router, router_dir(setup.workspace.root))
+    if result.report is not None and result.report_dir is not None:
+        from moe_experts.cli_eval import print_report_summary
+
+        click.echo("")
+        print_report_summary(result.report, result.report_dir)
     click.echo('\nnext: moe-experts ask --text "What is the ICD-10 code for asthma?" --explain')
 
 
@@ -356,3 +367,4 @@ def main() -> None:
 
 # The router command family lives in its own module; importing it registers its commands on ``cli``.
 from moe_experts import cli_router  # noqa: E402, F401
+from moe_experts import cli_eval  # noqa: E402, F401

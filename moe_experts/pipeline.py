@@ -1,7 +1,7 @@
 """The main job: build whatever is missing in the workspace, reuse the rest.
 
 Stages, in order: corpora -> tokenizer (+ token streams) -> seed -> experts ->
-generalist(s) -> sanity check -> document router. A current artifact is reused; a stale one (built
+generalist(s) -> sanity check -> document router -> evaluation report. A current artifact is reused; a stale one (built
 from other inputs) stops the run with the command that rebuilds it, unless
 ``update`` asks to rebuild stale artifacts in place.
 """
@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from moe_experts.config import DocRouterRecipe
@@ -37,6 +38,8 @@ class QuickstartResult:
     timings: list[StageTiming] = field(default_factory=list)
     sanity: SanityReport | None = None
     router: dict[str, Any] | None = None  # the document router's manifest when trained in this run
+    report: dict[str, Any] | None = None  # the evaluation report (written now, or reused)
+    report_dir: Path | None = None
 
 
 def ensure_corpora(setup: Setup, *, force: bool = False, update: bool = True, strict: bool = False) -> bool:
@@ -83,9 +86,13 @@ def _timed(result: QuickstartResult, stage: str, fn: Callable[[], Any], built: C
 
 
 def quickstart(
-    setup: Setup, opts: TrainOptions, *, strict: bool = False, recipe: DocRouterRecipe | None = None
+    setup: Setup, opts: TrainOptions, *, strict: bool = False, recipe: DocRouterRecipe | None = None,
+    evaluation: Any = None,
 ) -> QuickstartResult:
-    """Build every missing artifact for the starter experts, then run the sanity check."""
+    """Build every missing artifact for the starter experts, check them, train the router, write the report.
+
+    ``evaluation`` is the ``EvalOptions`` of the final report (None: the evaluator's defaults).
+    """
     removed = setup.workspace.clean_stale_temporaries()
     if removed:
         logger.info("removed %d temporary folder(s) left by an interrupted build", removed)
@@ -102,7 +109,25 @@ def quickstart(
     recipe = recipe or DocRouterRecipe()
     result.router = _timed(result, "document router", lambda: ensure_doc_router(setup, recipe, update=opts.update),
                            lambda m: m is not None)
+    result.report_dir, result.report, _ = _timed(result, "evaluation report", lambda: ensure_report(setup, evaluation),
+                                                 lambda r: r[2])
     return result
+
+
+def ensure_report(setup: Setup, evaluation: Any = None) -> tuple[Path, dict[str, Any], bool]:
+    """(folder, report, written now): reuse the newest report computed from the same inputs, else evaluate."""
+    from moe_experts.evaluation.report import write_report
+    from moe_experts.evaluation.runner import EvalOptions, eval_inputs, latest_matching_report, load_report, run_eval
+
+    evaluation = evaluation or EvalOptions()
+    domains = list(evaluation.domains) if evaluation.domains else setup.registry.domains
+    found = latest_matching_report(setup.workspace.reports_dir, eval_inputs(setup, evaluation, domains)["fingerprint"])
+    if found is not None:
+        logger.info("evaluation report: up to date, reusing %s", found)
+        return found, load_report(found), False
+    logger.info("evaluation report: evaluating every system on the test split")
+    report = run_eval(setup, evaluation)
+    return write_report(report, setup.workspace.reports_dir), report, True
 
 
 def ensure_experts(setup: Setup, opts: TrainOptions) -> list[str]:

@@ -100,3 +100,21 @@ def trained_setup(micro_setup):
     train_experts(micro_setup)
     train_generalists(micro_setup)
     return micro_setup
+
+
+# far_quantile 0: with 16 validation documents a domain the "far" floor is one document's
+# similarity, too noisy to assert routes on; the floor itself is tested separately.
+SMALL_ROUTER_RECIPE = {"max_train_documents_per_domain": 40, "max_val_documents_per_domain": 16,
+                       "abstain": {"far_quantile": 0.0}}
+
+
+@pytest.fixture(scope="session")
+def routed(trained_setup, tmp_path_factory):
+    """The trained micro workspace plus a document router trained with a small recipe."""
+    from moe_experts.config import load_recipe
+    from moe_experts.routing.train_doc import train_doc_router
+
+    recipe_path = tmp_path_factory.mktemp("recipe") / "doc.yaml"
+    recipe_path.write_text(yaml.safe_dump(SMALL_ROUTER_RECIPE))
+    manifest = train_doc_router(trained_setup, load_recipe(recipe_path))
+    return trained_setup, manifest, recipe_path

@@ -174,9 +174,14 @@ class DocRouter:
         embedder = self.embedder  # loading the model is not part of routing latency
         started = time.perf_counter()
         vectors = embedder.embed(texts)  # (N, D)
+        decisions = self.decisions(vectors, explain=explain)
+        return decisions, time.perf_counter() - started
+
+    def decisions(self, vectors: np.ndarray, *, explain: bool = False) -> list[RoutingDecision]:
+        """Decisions for already embedded requests (N, D): the evaluator reuses cached embeddings."""
         probs, sims, ids = self.posteriors(vectors)
         decisions = []
-        for i in range(len(texts)):
+        for i in range(len(vectors)):
             nearest = float(sims[i, 0]) if ids[i, 0] >= 0 else -1.0
             expert, predicted, abstained, reason = self.decide(probs[i], nearest)
             decisions.append(
@@ -191,7 +196,7 @@ class DocRouter:
                     neighbours=self._neighbours(sims[i], ids[i]) if explain else (),
                 )
             )
-        return decisions, time.perf_counter() - started
+        return decisions
 
     def _neighbours(self, sims: np.ndarray, ids: np.ndarray) -> tuple[Neighbour, ...]:
         if self._documents is None:

@@ -17,26 +17,12 @@ from moe_experts.routing.doc_router import DocRouter, router_dir
 from tests.conftest import REPO
 from tests.integration.test_cli import run_cli
 
-# far_quantile 0: with 16 validation documents a domain the "far" floor is one document's
-# similarity, too noisy to assert routes on; the floor itself is tested separately.
-SMALL = {"max_train_documents_per_domain": 40, "max_val_documents_per_domain": 16, "abstain": {"far_quantile": 0.0}}
 PROMPTS = {
     "code": "def read_config(path):\n    with open(path) as f:\n        return json.load(f)",
     "law": "Redistribution and use in source and binary forms, with or without modification, are permitted",
     "medicine": "Abnormality of the liver with jaundice and hepatomegaly",
     "general": "The quiet river watched the golden garden near the market.",
 }
-
-
-@pytest.fixture(scope="module")
-def routed(trained_setup, tmp_path_factory):
-    """The trained micro workspace plus a document router trained with a small recipe."""
-    from moe_experts.routing.train_doc import train_doc_router
-
-    recipe_path = tmp_path_factory.mktemp("recipe") / "doc.yaml"
-    recipe_path.write_text(yaml.safe_dump(SMALL))
-    manifest = train_doc_router(trained_setup, load_recipe(recipe_path))
-    return trained_setup, manifest, recipe_path
 
 
 def ask_cli(setup, *args: str, stdin: str | bytes | None = None):

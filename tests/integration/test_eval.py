@@ -1,0 +1,158 @@
+"""`moe-experts eval` and `eval compare`, end to end on the micro workspace with its router."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moe_experts.errors import ConfigError, DataError
+from tests.conftest import REPO
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def eval_cli(setup, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "moe_experts", "--preset", "micro", "--cards", setup.registry.source_dir,
+           "-w", str(setup.workspace.root), "eval", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def first_report(routed):
+    setup, _, _ = routed
+    out = eval_cli(setup, "--max-docs", "6", "--resamples", "200", "--name", "first")
+    assert out.returncode == 0, out.stderr
+    return setup, out, setup.workspace.reports_dir / "first"
+
+
+def test_report_files_and_schema(first_report):
+    from moe_experts.evaluation.report import validate
+
+    setup, out, folder = first_report
+    report = json.loads((folder / "report.json").read_text())
+    validate(report)
+    names = [s["name"] for s in report["systems"]]
+    assert names == ["generalist", "seed", *[f"expert:{n}" for n in setup.registry.names], "doc-top1", "doc-top2", "oracle"]
+    assert {s["name"] for s in report["skipped"]} == {"generalist-params", "token-moe"}
+    assert all(s["hint"] for s in report["skipped"])
+    for key, name in report["files"]["plots"].items():
+        data = (folder / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 1000, key
+    assert {"bits_per_byte", "reliability", "tradeoff"} <= set(report["files"]["plots"])
+    md = (folder / "report.md").read_text()
+    assert "Bits per byte on the test split" in md and "Routing suites" in md and "Targets" in md
+    html = (folder / "report.html").read_text()
+    assert "data:image/png;base64," in html and 'src="http' not in html
+    assert "Headline" in out.stdout and f"report: {folder}/report.md" in out.stdout
+    assert "skipped token-moe" in out.stdout
+
+
+def test_report_numbers_are_consistent(first_report):
+    setup, _, folder = first_report
+    r = json.loads((folder / "report.json").read_text())
+    bpb, domains = r["lm"]["bits_per_byte"], r["domains"]
+    from moe_experts.data.build import iter_documents
+
+    sizes = {d: min(6, sum(1 for _ in iter_documents(setup.workspace, d, "test"))) for d in domains}
+    assert {d: r["documents"][d]["documents"] for d in domains} == sizes
+    # the oracle is each domain's own expert, and the generalist is the baseline of every difference
+    for d in domains:
+        assert bpb["oracle"][d] == bpb[f"expert:{setup.registry.by_domain(d).name}"][d]
+        assert r["lm"]["vs_baseline"]["oracle"][d]["ratio"] == pytest.approx(bpb["oracle"][d] / bpb["generalist"][d], rel=1e-3)
+        lo, hi = r["lm"]["vs_baseline"]["doc-top1"][d]["ratio_ci"]
+        assert lo <= r["lm"]["vs_baseline"]["doc-top1"][d]["ratio"] <= hi
+    assert bpb["seed"]["macro"] == pytest.approx(np.mean([bpb["seed"][d] for d in domains]), abs=1e-4)
+    routing = r["routing"]["doc-top1"]
+    assert sum(map(sum, routing["confusion"])) == routing["documents"] == sum(sizes.values())
+    accuracy = sum(routing["confusion"][i][routing["experts"].index(setup.registry.by_domain(d).name)]
+                   for i, d in enumerate(routing["labels"])) / routing["documents"]
+    assert routing["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    # a perfect router has no regret; this one's regret is bits per byte above the oracle, per domain
+    for d in domains:
+        assert routing["regret_bpb"][d] == pytest.approx(bpb["doc-top1"][d] - bpb["oracle"][d], abs=2e-4)
+    assert set(r["suites"]) == {"mixed", "out_of_domain", "adversarial"}
+    cost = r["cost"]
+    assert cost["doc-top2"]["active_params"] == 2 * cost["doc-top1"]["active_params"]
+    assert cost["doc-top1"]["routing_ms_p50"] > 0 and cost["generalist"]["tokens_per_second"] > 0
+    assert {t["domain"] for t in r["targets"]} == set(domains)
+
+
+def test_existing_report_is_never_overwritten(first_report):
+    setup, _, folder = first_report
+    before = (folder / "report.json").read_bytes()
+    out = eval_cli(setup, "--max-docs", "2", "--name", "first", "--no-timing")
+    assert out.returncode == 4 and "never overwritten" in out.stderr
+    assert (folder / "report.json").read_bytes() == before
+
+
+def test_narrowed_run_and_compare(first_report):
+    setup, _, _ = first_report
+    out = eval_cli(setup, "--max-docs", "6", "--resamples", "200", "--systems", "generalist,doc-*,oracle",
+                   "--domains", "code,law", "--no-suites", "--no-timing", "--top-k", "1", "--name", "second")
+    assert out.returncode == 0, out.stderr
+    r = json.loads((setup.workspace.reports_dir / "second" / "report.json").read_text())
+    assert [s["name"] for s in r["systems"]] == ["generalist", "doc-top1", "oracle"]
+    assert r["domains"] == ["code", "law"] and r["suites"] == {}
+    assert r["cost"]["generalist"]["tokens_per_second"] is None
+    cmp = eval_cli(setup, "compare", "first", "second")
+    assert cmp.returncode == 0, cmp.stderr
+    assert "Bits per byte: first (A) -> second (B)" in cmp.stdout and "only in A: seed" in cmp.stdout
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--systems", "nothing-like-this"], 2, "no system matches nothing-like-this"),
+    (["--domains", "astrology"], 2, "astrology"),
+    (["--max-docs", "0"], 2, "--max-docs must be at least 1"),
+    (["compare", "first", "no-such-report"], 2, "no report 'no-such-report'"),
+])
+def test_bad_input(first_report, args, code, message):
+    setup, _, _ = first_report
+    out = eval_cli(setup, *args)
+    assert out.returncode == code and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_router_is_skipped_with_the_command(first_report, tmp_path: Path):
+    from moe_experts.evaluation.runner import EvalOptions, run_eval
+    from moe_experts.modeling.stages import Setup
+    from moe_experts.workspace import Workspace
+
+    setup, _, _ = first_report
+    bare = Workspace(tmp_path / "ws")
+    bare.root.mkdir(parents=True)
+    for part in ("corpora", "models", "tokenizer"):  # everything but the router
+        os.symlink(setup.workspace.root / part, bare.root / part)
+    other = Setup(workspace=bare, registry=setup.registry, preset=setup.preset)
+    r = run_eval(other, EvalOptions(max_docs=2, resamples=100, speed_prompts=0, latency_requests=0,
+                                    systems=("generalist", "doc-top1")))
+    assert [s["name"] for s in r["systems"]] == ["generalist"]
+    assert r["skipped"] == [{"name": "doc-top1", "reason": "no document router in the workspace",
+                             "hint": "build it with `moe-experts train-router`"}]
+
+
+def test_empty_test_split_names_the_domain(tmp_path: Path, routed):
+    from moe_experts.evaluation.runner import load_test_documents
+    from moe_experts.workspace import Workspace
+
+    setup, _, _ = routed
+    ws = Workspace(tmp_path / "ws")
+    for d in setup.registry.domains:
+        (ws.root / "corpora" / d).mkdir(parents=True)
+        src = setup.workspace.root / "corpora" / d / "test.jsonl"
+        (ws.root / "corpora" / d / "test.jsonl").write_text("" if d == "law" else src.read_text())
+    with pytest.raises(DataError, match="domain 'law' has an empty test split"):
+        load_test_documents(type(setup)(workspace=ws, registry=setup.registry, preset=setup.preset), setup.registry.domains, None)
+
+
+def test_unknown_report_schema_is_refused(tmp_path: Path):
+    from moe_experts.evaluation.runner import load_report
+
+    (tmp_path / "report.json").write_text(json.dumps({"kind": "moe-experts-report", "schema_version": 99}))
+    with pytest.raises(ConfigError, match="schema version 99"):
+        load_report(tmp_path)
