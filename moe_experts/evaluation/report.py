@@ -119,6 +119,11 @@ def tables(report: dict[str, Any]) -> list[Table]:
         notes = [f"{name}: {s['description']}; correct = {s['expected']}" for name, s in report["suites"].items()]
         out.append(Table("Routing suites", ["suite", "system", "documents", "correct", "to host", "abstained", "routed to"],
                          rows, notes))
+        rows = [[name, system, variant, str(v["documents"]), _f(v["correct"], 3)]
+                for name, s in report["suites"].items() for system, per in s["by_system"].items()
+                for variant, v in per.get("variants", {}).items()]
+        if rows:
+            out.append(Table("Routing suites by variant", ["suite", "system", "variant", "documents", "correct"], rows))
     if report["cost"]:
         rows = []
         for s in _systems(report):

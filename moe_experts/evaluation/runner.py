@@ -118,7 +118,7 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
     for system in systems:
         why: Unavailable | None = system.unavailable(ctx)
         if why is not None:
-            logger.warning("skipping %s: %s (%s)", system.name, why.reason, why.hint)
+            logger.info("skipping %s: %s (%s)", system.name, why.reason, why.hint)
             skipped.append({"name": system.name, "reason": why.reason, "hint": why.hint})
             continue
         logger.info("evaluating %s", system.name)
@@ -330,6 +330,11 @@ def _suites_section(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
                 "routed": dict(sorted(routed.items())),
             }},
         }
+        variants: dict[str, list[bool]] = {}
+        for item, ok in zip(items, correct):
+            variants.setdefault(item.variant or name, []).append(ok)
+        entry["by_system"][ROUTED_TOP1]["variants"] = {
+            v: {"documents": len(oks), "correct": _r(float(np.mean(oks)))} for v, oks in sorted(variants.items())}
         hosts = [item.host for item in items]
         if any(h is not None for h in hosts):
             entry["by_system"][ROUTED_TOP1]["to_host"] = _r(float(np.mean(

@@ -57,6 +57,8 @@ def test_quickstart_end_to_end(cli_workspace):
         assert (ws / "models" / name / "tokenizer.json").exists()
     assert (ws / "reports" / "sanity" / "sanity.json").exists()
     assert (ws / "routers" / "doc" / "router.json").exists() and (ws / "routers" / "doc" / "index.faiss").exists()
+    reports = [p.parent for p in (ws / "reports").glob("*/report.json")]
+    assert len(reports) == 1 and (reports[0] / "report.html").exists()  # quickstart ends with the report
     assert not list(ws.rglob(".tmp-*"))  # nothing half-written
     assert not (ws / "checkpoints").exists() or not any((ws / "checkpoints").iterdir())
 
@@ -69,6 +71,8 @@ def test_second_quickstart_reuses_everything(cli_workspace):
     status = [line.split()[-1] for line in result.stdout.splitlines() if line.split()[-1:] in (["built"], ["reused"])]
     assert status and set(status) == {"reused"}
     assert "validation perplexity" in result.stdout
+    assert "Headline: bits per byte" in result.stdout and "report: " in result.stdout  # the same report, reused
+    assert len(list((ws / "reports").glob("*/report.json"))) == 1
 
 
 def test_data_show_and_sanity(cli_workspace):
