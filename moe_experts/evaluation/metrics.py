@@ -21,12 +21,19 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return out
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Unweighted mean of per-class F1 over classes present in the truth or the predictions."""
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, labels: list[int] | None = None) -> float:
+    """Unweighted mean of per-class F1 over ``labels``, or over classes present in the truth or the predictions.
+
+    Pass ``labels`` when only some classes were evaluated: a class that is never true there
+    has F1 0 by construction and would drag the mean down for nothing.
+    """
     cm = confusion_matrix(y_true, y_pred, n_classes)
     tp = np.diag(cm).astype(float)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
     present = (support + predicted) > 0
+    if labels is not None:
+        present = np.zeros(n_classes, dtype=bool)
+        present[list(labels)] = True
     denom = support + predicted
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     return float(f1[present].mean()) if present.any() else float("nan")

@@ -8,9 +8,12 @@ is written, and again when ``eval compare`` reads it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
+import os
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -87,7 +90,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
             for s in systems:
                 v = vs[s][d]
                 mark = " (worse)" if v["ratio_ci"][0] > 1 else " (better)" if v["ratio_ci"][1] < 1 else ""
-                cells.append(_ci(v, "ratio") + mark)
+                cells.append(_ci(v, "ratio", 4) + mark)
             rows.append([d, *cells])
         out.append(Table(f"Bits per byte / {report['baseline']}'s, with {conf}% bootstrap intervals over documents",
                          ["domain", *systems], rows,
@@ -130,12 +133,14 @@ def tables(report: dict[str, Any]) -> list[Table]:
             c = report["cost"].get(s)
             if c is None:
                 continue
-            rows.append([s, _int(c["total_params"]), _int(c["active_params"]), _int(c["flops_per_token"]),
+            rows.append([s, _int(c["total_params"]), _int(c.get("router_params")) if c.get("router_params") else "",
+                         _int(c["active_params"]), _int(c["flops_per_token"]),
                          _f(c["routing_ms_p50"], 1), _f(c["routing_ms_p99"], 1), _f(c["tokens_per_second"], 1)])
-        out.append(Table("Cost", ["system", "parameters", "active per token", "FLOPs per token", "routing p50 ms",
+        out.append(Table("Cost", ["system", "parameters", "router parameters", "active per token", "FLOPs per token",
+                                  "routing p50 ms",
                                   "routing p99 ms", "generation tokens/s"], rows,
-                         ["FLOPs: forward pass at a full context; routing: one request at a time (embed + search + "
-                          "classifier); tokens/s: greedy, one prompt at a time, on " + report["machine"]["device"]]))
+                         ["FLOPs: forward pass at a full context; router parameters (the embedder) run once per "
+                          "request, not per token; routing: one request at a time (embed + search + classifier); tokens/s: greedy, one prompt at a time, on " + report["machine"]["device"]]))
     if report["targets"]:
         rows = [[t["domain"], t["name"], _f(t["value"], 4),
                  f"[{_f(t['ci'][0], 4)}, {_f(t['ci'][1], 4)}]" if t["ci"] else "", f"<= {t['threshold']}",
@@ -208,16 +213,33 @@ def new_report_dir(reports_dir: Path, name: str | None) -> Path:
     return folder
 
 
+def _reserve(reports_dir: Path, name: str | None) -> Path:
+    """Create the empty report folder (mkdir is atomic: two writers cannot both get a name)."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        folder = new_report_dir(reports_dir, name)
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            if name is not None:
+                raise WorkspaceError(f"report folder {folder} already exists; reports are never overwritten",
+                                     hint="pick another --name, or remove that folder yourself") from None
+    raise WorkspaceError(f"could not reserve a report folder in {reports_dir}")
+
+
 def write_report(report: dict[str, Any], reports_dir: Path, name: str | None = None) -> Path:
     """Write report.json / .md / .html and the plots into a new folder under ``reports_dir``; the folder."""
     from moe_experts.evaluation.html import write_html
     from moe_experts.evaluation.plots import write_plots
 
-    folder = new_report_dir(reports_dir, name)
+    folder = _reserve(reports_dir, name)  # an empty folder: the name is ours, nobody else's report is touched
     report["name"] = folder.name
-    tmp = folder.parent / f"{TMP_PREFIX}{folder.name}"
-    tmp.mkdir(parents=True)
+    tmp = folder.parent / f"{TMP_PREFIX}{folder.name}-{os.getpid()}"  # pid-suffixed: cleaners leave it alone
     try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
         plots = write_plots(report, tmp)
         report["files"] = {"markdown": "report.md", "json": "report.json", "html": "report.html", "plots": plots}
         validate(report)
@@ -225,13 +247,11 @@ def write_report(report: dict[str, Any], reports_dir: Path, name: str | None = N
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(markdown(report, table_list, plots), encoding="utf-8")
         write_html(report, table_list, plots, tmp)
-        if folder.exists():  # another process took the name meanwhile
-            raise WorkspaceError(f"report folder {folder} appeared while writing; not overwritten")
-        tmp.rename(folder)
+        tmp.rename(folder)  # replaces the empty reserved folder only (rename refuses a non-empty one)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if still empty
         raise
     return folder
 

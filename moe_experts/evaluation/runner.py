@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from moe_experts import __version__
 from moe_experts.data.build import iter_documents
 from moe_experts.data.split import unit_hash
 from moe_experts.errors import ConfigError, DataError
@@ -31,6 +32,7 @@ from moe_experts.workspace import read_json, versions
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+SCORER_VERSION = 1  # bump when scoring changes, so quickstart does not reuse reports computed the old way
 BASELINE = GENERALIST
 ORACLE = "oracle"
 ROUTED_TOP1 = "doc-top1"
@@ -102,7 +104,7 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
 
     opts.check()
     started = time.monotonic()
-    domains = list(opts.domains) if opts.domains else setup.registry.domains
+    domains = list(dict.fromkeys(opts.domains)) if opts.domains else setup.registry.domains  # de-duplicated
     for d in domains:
         setup.registry.by_domain(d)  # an unknown domain is a ConfigError naming the cards' domains
     systems = select_systems(default_systems(setup, top_k=opts.top_k), opts.systems)
@@ -122,8 +124,14 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
             skipped.append({"name": system.name, "reason": why.reason, "hint": why.hint})
             continue
         logger.info("evaluating %s", system.name)
-        scores[system.name] = system.scores(ctx)
-        costs[system.name] = system.cost(ctx)
+        try:
+            scores[system.name] = system.scores(ctx)
+            costs[system.name] = system.cost(ctx)
+        except ConfigError as exc:  # e.g. a mixture of experts that do not share a tokenizer
+            logger.info("skipping %s: %s", system.name, exc.message)
+            scores.pop(system.name, None)
+            skipped.append({"name": system.name, "reason": exc.message, "hint": exc.hint or "see the message"})
+            continue
         evaluated.append(system)
     if not evaluated:
         raise DataError("no system could be evaluated: " + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped),
@@ -176,8 +184,13 @@ def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str
     corpora = read_json(corpora_dir(ws) / MANIFEST)
     models = {}
     for folder in sorted((ws.root / "models").glob("*")):
+        if folder.name.startswith("."):
+            continue
         if (folder / MANIFEST).exists():
             models[folder.name] = hash_json(read_json(folder / MANIFEST).get("weights_sha256"))
+        elif (folder / "config.json").exists():  # a plain transformers folder: its files' names, sizes and times
+            models[folder.name] = hash_json(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                                   for p in folder.iterdir() if p.is_file()))
     for card in setup.registry.cards:
         if card.model.kind == "pretrained":
             models[card.name] = f"{card.model.name_or_path}@{card.model.revision or 'default'}"
@@ -189,7 +202,7 @@ def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str
                 "resamples": opts.resamples, "confidence": opts.confidence, "seed": opts.seed,
                 "suites": load_suite_recipe(opts.suite_recipe).fingerprint() if opts.suites else None,
                 "timing": bool(opts.speed_prompts or opts.latency_requests)}
-    inputs = {"cards": setup.registry.fingerprint(), "test_split": {d: corpora["domains"][d]["test"] for d in domains},
+    inputs = {"moe_experts": __version__, "scorer": SCORER_VERSION, "cards": setup.registry.fingerprint(), "test_split": {d: corpora["domains"][d]["test"] for d in domains},
               "models": models, "routers": routers, "settings": settings}
     return {**inputs, "fingerprint": hash_json(inputs)}
 
@@ -198,6 +211,8 @@ def latest_matching_report(reports_dir: Path, fingerprint: str) -> Path | None:
     """The newest report folder computed from exactly these inputs, if any."""
     found = []
     for folder in reports_dir.glob("*/report.json") if reports_dir.exists() else []:
+        if folder.parent.name.startswith("."):  # a temporary folder another process is writing
+            continue
         try:
             data = read_json(folder)
         except Exception:  # an unreadable report is not a match
@@ -248,10 +263,12 @@ def _lm_section(scores: dict[str, dict[str, DocScores]], domains: list[str], cou
             vs[name] = {k: {kk: _round_any(vv) for kk, vv in v.to_json().items()} for k, v in row.items()}
     gap: dict[str, dict[str, float | None]] = {}
     if ORACLE in scores:
+        exact = {name: {d: per_domain[d].bits_per_byte for d in domains} for name, per_domain in scores.items()}
+        for row in exact.values():
+            row["macro"] = float(np.mean([row[d] for d in domains]))
         for name in scores:
-            if name == ORACLE:
-                continue
-            gap[name] = {k: _r(bpb[name][k] / bpb[ORACLE][k] - 1, 5) for k in [*domains, "macro"]}
+            if name != ORACLE:
+                gap[name] = {k: _r(exact[name][k] / exact[ORACLE][k] - 1, 5) for k in [*domains, "macro"]}
     return {"bits_per_byte": bpb, "perplexity": ppl, "vs_baseline": vs, "gap_to_oracle": gap}
 
 
@@ -293,7 +310,7 @@ def _routing_section(ctx: EvalContext, scores: dict[str, dict[str, DocScores]], 
     return {ROUTED_TOP1: {
         "accuracy": _r(accuracy(y, pred)),
         "classifier_accuracy": _r(accuracy(y, p.argmax(axis=1))),  # before abstaining to the fallback
-        "macro_f1": _r(macro_f1(y, pred, len(experts))),
+        "macro_f1": _r(macro_f1(y, pred, len(experts), labels=sorted(set(truth)))),  # the evaluated domains' experts
         "ece": _r(rel.ece),
         "abstain_rate": _r(float(np.mean(abstained))),
         "labels": domains,
@@ -382,14 +399,22 @@ def _notes(report: dict[str, Any], evaluated: list[System]) -> list[str]:
             continue
         worse = [d for d in report["domains"] if vs[s.name][d]["diff"] > 0]
         sure = [d for d in worse if vs[s.name][d]["diff_ci"][0] > 0]
+        level = f"{int(round(100 * report['settings']['confidence']))}%"
         if worse:
             notes.append(f"{s.name} is worse than the generalist on {', '.join(worse)}"
-                         + (f" (the whole {int(100 * report['settings']['confidence'])}% interval above zero on "
-                            f"{', '.join(sure)})" if sure else " (within the confidence interval of no difference)"))
-        else:
-            notes.append(f"{s.name} beats the generalist on every domain")
+                         + (f" (the whole {level} interval above zero on {', '.join(sure)})" if sure
+                            else f" (each within the {level} interval of no difference)"))
+        better = [d for d in report["domains"] if d not in worse]
+        if better:
+            clear = [d for d in better if vs[s.name][d]["diff_ci"][1] < 0]
+            notes.append(f"{s.name} is better than the generalist on {', '.join(better)}"
+                         + (f" (the whole {level} interval below zero on {', '.join(clear)})" if clear else "")
+                         + ("" if clear == better else
+                            f"; within the interval of no difference on {', '.join(d for d in better if d not in clear)}"))
     if report["baseline"] is None:
-        notes.append("no generalist in the workspace: no differences against it")
+        skipped = any(s["name"] == BASELINE for s in report["skipped"])
+        notes.append("no generalist " + ("in the workspace" if skipped else "among the selected systems")
+                     + ": no differences against it")
     for s in report["skipped"]:
         notes.append(f"skipped {s['name']}: {s['reason']}; {s['hint']}")
     return notes

@@ -70,11 +70,13 @@ def token_logprobs(
             chunks = [torch.tensor(streams[d][s : s + window], dtype=torch.long) for d, s in batch]
             lengths = [len(c) for c in chunks]
             x = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True, padding_value=eos).to(device)  # (B, T)
-            logits = model(input_ids=x).logits.float()  # (B, T, V)
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V)
-            picked = logp.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1).cpu().numpy()  # (B, T-1)
+            logits = model(input_ids=x).logits  # (B, T, V), the model's dtype
             for row, ((d, s), n) in enumerate(zip(batch, lengths)):
-                out[d][s : s + n - 1] = picked[row, : n - 1]
+                # one row in float32 at a time: a 150k vocabulary at B x T would not fit
+                z = logits[row, : n - 1].float()  # (n-1, V)
+                target = x[row, 1:n]  # (n-1,)
+                picked = z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (n-1,)
+                out[d][s : s + n - 1] = picked.cpu().numpy()
             if progress is not None:
                 progress.update(len(batch))
     return out

@@ -438,7 +438,9 @@ class DocRoutedSystem:
         else:
             names = tuple(ctx.setup.registry.names[: self.top_k])
             speed = ctx.mixture_tokens_per_second(names, tuple(1.0 / self.top_k for _ in names)) if ctx.speed_prompts else None
+        embedder = ctx.router().embedder.model
         return {"total_params": sum(i.parameters for i in infos),
+                "router_params": sum(p.numel() for p in embedder.parameters()),  # runs once per request
                 "active_params": self.top_k * one.active_parameters,
                 "flops_per_token": self.top_k * one.flops_per_token,
                 "routing_ms_p50": p50, "routing_ms_p99": p99, "tokens_per_second": speed}

@@ -156,3 +156,23 @@ def test_unknown_report_schema_is_refused(tmp_path: Path):
     (tmp_path / "report.json").write_text(json.dumps({"kind": "moe-experts-report", "schema_version": 99}))
     with pytest.raises(ConfigError, match="schema version 99"):
         load_report(tmp_path)
+
+
+def test_reuse_finds_the_report_by_its_inputs_and_ignores_temporaries(first_report):
+    import shutil
+
+    from moe_experts.evaluation.runner import latest_matching_report
+
+    setup, _, folder = first_report
+    report = json.loads((folder / "report.json").read_text())
+    fingerprint = report["inputs"]["fingerprint"]
+    assert latest_matching_report(setup.workspace.reports_dir, fingerprint) == folder
+    half = setup.workspace.reports_dir / ".tmp-later-999999"  # a half-written report of another process
+    shutil.copytree(folder, half)
+    newer = {**report, "created": "2999-01-01T00:00:00+0000"}
+    (half / "report.json").write_text(json.dumps(newer))
+    try:
+        assert latest_matching_report(setup.workspace.reports_dir, fingerprint) == folder
+        assert latest_matching_report(setup.workspace.reports_dir, "0" * 16) is None
+    finally:
+        shutil.rmtree(half)

@@ -50,3 +50,11 @@ def test_perfectly_calibrated_is_zero_and_confidence_one_lands_in_last_bin():
     probs = np.array([[1.0, 0.0], [0.0, 1.0]])
     rel = reliability(probs, np.array([0, 1]), n_bins=15)
     assert rel.count[-1] == 2 and rel.ece == 0.0
+
+
+def test_macro_f1_over_the_evaluated_labels_only():
+    # one evaluated class, 98/100 right, two wrong guesses of another class: F1 of class 0 only
+    y_true = np.zeros(100, dtype=int)
+    y_pred = np.array([0] * 98 + [1, 1])
+    assert macro_f1(y_true, y_pred, 2) == pytest.approx((2 * 98 / (100 + 98) + 0.0) / 2)
+    assert macro_f1(y_true, y_pred, 2, labels=[0]) == pytest.approx(2 * 98 / (100 + 98))
