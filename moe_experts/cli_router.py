@@ -13,42 +13,93 @@ from typing import Any
 
 import click
 
-from moe_experts.cli import _setup, _train_options, cli, resume_option
+from moe_experts.cli import _setup, _train_options, cli, restart_option, resume_option
 
-KINDS = ["doc"]
+KINDS = ["doc", "token"]
 
 
 @cli.command("train-router")
-@click.option("--kind", type=click.Choice(KINDS), default="doc", show_default=True, help="Router kind (document-level).")
+@click.option("--kind", type=click.Choice(KINDS), default="doc", show_default=True,
+              help="doc: document-level (embeddings, FAISS, classifier); token: merge the experts into a sparse MoE "
+              "and train its gates (Branch-Train-MiX).")
 @click.option("--recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="YAML",
-              help="Router recipe [default: router_training/doc.yaml, else built-in defaults].")
-@click.option("--unsupervised", is_flag=True, help="No domain labels: FAISS k-means clusters mapped to experts (c-BTM).")
+              help="Router recipe [default: router_training/<kind>.yaml, else built-in defaults].")
+@click.option("--unsupervised", is_flag=True, help="doc: no domain labels: FAISS k-means clusters mapped to experts (c-BTM).")
+@click.option("--merge-rest", type=click.Choice(["average", "seed"]),
+              help="token: attention, norms and embeddings averaged over the experts or taken from the seed [recipe].")
+@click.option("--gate-init", type=click.Choice(["hidden", "random"]),
+              help="token: gates from each expert's mean hidden state on its domain, or random [recipe].")
+@click.option("--train", "train_mode", type=click.Choice(["gates", "all"]),
+              help="token: train the gates only (all else frozen) or every weight [recipe].")
+@click.option("--include-seed", is_flag=True, default=None, help="token: add the seed's FFN as one more expert [recipe].")
+@click.option("--allow-dead-experts", is_flag=True, help="token: save even when an expert gets under 5%% of a layer's tokens.")
 @click.option("--force", is_flag=True, help="Retrain even when the router is up to date.")
 @click.option("--no-build", is_flag=True, help="Stop instead of building missing corpora or experts first.")
 @resume_option
+@restart_option
 @click.pass_context
-def train_router(ctx: click.Context, kind: str, recipe: Path | None, unsupervised: bool, force: bool, no_build: bool,
-                 resume: bool) -> None:
-    """Train the document router from every card's training documents (writes routers/doc/)."""
+def train_router(ctx: click.Context, kind: str, recipe: Path | None, unsupervised: bool, merge_rest: str | None,
+                 gate_init: str | None, train_mode: str | None, include_seed: bool | None, allow_dead_experts: bool,
+                 force: bool, no_build: bool, resume: bool, restart: bool) -> None:
+    """Train a router over the experts: document-level (routers/doc/) or token-level (routers/token/)."""
     from moe_experts.config import load_recipe
-    from moe_experts.errors import MissingArtifactError
+    from moe_experts.errors import ConfigError, MissingArtifactError
     from moe_experts.pipeline import ensure_doc_router, ensure_experts
     from moe_experts.routing.doc_router import router_dir
 
     setup = _setup(ctx)
-    rec = load_recipe(recipe)
+    token_flags = {"--merge-rest": merge_rest, "--gate-init": gate_init, "--train": train_mode,
+                   "--include-seed": include_seed, "--allow-dead-experts": allow_dead_experts or None}
+    if kind == "doc" and any(v is not None for v in token_flags.values()):
+        used = ", ".join(k for k, v in token_flags.items() if v is not None)
+        raise ConfigError(f"{used} only apply to --kind token", hint="add --kind token, or drop them")
+    if kind == "token" and unsupervised:
+        raise ConfigError("--unsupervised only applies to --kind doc")
     missing = _missing_prerequisites(setup)
     if missing and no_build:
         raise MissingArtifactError(f"missing: {', '.join(missing)}", hint="run `moe-experts quickstart` first")
     if missing:
         click.echo(f"missing prerequisites ({', '.join(missing)}): building them first", err=True)
         ensure_experts(setup, _train_options(resume, False, update=True))
+    if kind == "token":
+        _train_token(setup, recipe, {"merge_rest": merge_rest, "gate_init": gate_init, "train": train_mode,
+                                     "include_seed": include_seed}, allow_dead_experts, force, resume, restart)
+        return
+    rec = load_recipe(recipe)
     manifest = ensure_doc_router(setup, rec, force=force, update=True, unsupervised=unsupervised)
     folder = router_dir(setup.workspace.root)
     if manifest is None:
         click.echo(f"document router: up to date ({folder}); --force retrains it")
         return
     print_router_summary(manifest, folder)
+
+
+def _train_token(setup: Any, recipe: Path | None, overrides: dict[str, Any], allow_dead: bool, force: bool,
+                 resume: bool, restart: bool) -> None:
+    from moe_experts.config import load_token_recipe
+    from moe_experts.routing.train_token import health_table, token_router_dir, token_router_status, train_token_router
+
+    rec = load_token_recipe(recipe)
+    rec = rec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    folder = token_router_dir(setup.workspace.root)
+    status, diffs = token_router_status(setup, rec)
+    if status == "current" and not force:
+        click.echo(f"token router: up to date ({folder}); --force retrains it")
+        return
+    if status == "stale":
+        click.echo("token router: stale, retraining:\n  " + "\n  ".join(diffs), err=True)
+    manifest = train_token_router(setup, rec, _train_options(resume, restart), allow_dead_experts=allow_dead)
+    t = manifest["training"]
+    click.echo(f"token router: {folder}")
+    click.echo(f"  experts     {', '.join(manifest['experts'])} (top-{rec.top_k}); rest {rec.merge_rest}, "
+               f"gates from {rec.gate_init}, trained {t['trained']} ({t['trainable_parameters']:,} of "
+               f"{manifest['parameters']:,} parameters)")
+    click.echo(f"  training    {t['steps']} steps on {t['device']}, {t['seconds']:.1f} s, loss "
+               f"{t['first_loss']:.3f} -> {t['last_loss']:.3f}")
+    click.echo("\n" + health_table(manifest["health"]))
+    if manifest["health"]["dead"]:
+        click.secho(f"!! dead experts saved (--allow-dead-experts): {', '.join(manifest['health']['dead'])}",
+                    fg="red", bold=True, err=True)
 
 
 def _missing_prerequisites(setup: Any) -> list[str]:

@@ -435,17 +435,49 @@ class DocRouterRecipe(StrictModel):
         return hash_json(self.model_dump(mode="json"))
 
 
-def load_recipe(path: Path | None) -> DocRouterRecipe:
-    """A router recipe YAML (default: router_training/doc.yaml when present, else built-in defaults)."""
+class TokenRouterRecipe(StrictModel):
+    """How ``moe-experts train-router --kind token`` merges the experts into a sparse MoE and trains its gates."""
+
+    kind: Literal["token"] = "token"
+    include_seed: bool = Field(default=False, description="Add the seed's FFN as one more MoE expert.")
+    merge_rest: Literal["average", "seed"] = Field(
+        default="average", description="Attention, norms and embeddings: averaged across the experts (BTX), or the seed's.")
+    gate_init: Literal["hidden", "random"] = Field(
+        default="hidden", description="hidden: each expert's mean MoE-input hidden state on its own domain; random: N(0, 0.02).")
+    gate_init_blocks_per_domain: int = Field(default=16, ge=1, description="Training blocks per domain for the hidden-state means.")
+    train: Literal["gates", "all"] = Field(default="gates", description="gates: everything else frozen; all: every weight.")
+    top_k: int = Field(default=2, ge=1, description="Experts per token.")
+    router_aux_loss_coef: float = Field(default=0.01, ge=0.0, description="Weight of the load-balancing loss.")
+    training: PhaseConfig = PhaseConfig(steps=100, learning_rate=1e-3, warmup_steps=10, schedule="cosine", weight_decay=0.0)
+    health_blocks_per_domain: int = Field(default=16, ge=1, description="Validation blocks per domain for the health check.")
+    dead_expert_share: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="An expert under this share of a layer's tokens is dead.")
+    seed: int = 0
+
+    def fingerprint(self) -> str:
+        return hash_json(self.model_dump(mode="json"))
+
+
+def load_token_recipe(path: Path | None) -> TokenRouterRecipe:
+    """A token-router recipe YAML (default: router_training/token.yaml when present, else built-in defaults)."""
+    return _load_recipe(path, "token.yaml", TokenRouterRecipe)
+
+
+def _load_recipe(path: Path | None, default_name: str, model: Any) -> Any:
     if path is None:
-        default = RECIPES_DIR / "doc.yaml"
+        default = RECIPES_DIR / default_name
         if not default.exists():
-            return DocRouterRecipe()
+            return model()
         path = default
     data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     try:
-        return DocRouterRecipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(path), exc), hint=f"edit {path}") from exc
+
+
+def load_recipe(path: Path | None) -> DocRouterRecipe:
+    """A router recipe YAML (default: router_training/doc.yaml when present, else built-in defaults)."""
+    return _load_recipe(path, "doc.yaml", DocRouterRecipe)

@@ -1,0 +1,138 @@
+"""The token-level MoE merge: Llama experts -> one Mixtral checkpoint, checked against the originals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moe_experts.errors import ConfigError
+from moe_experts.routing.token_moe import MergeSpec, check_mergeable, init_gates, merge_experts, moe_input_hidden_states
+
+SHAPE = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def llama(seed: int, **over):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**SHAPE, **over})).eval()
+
+
+@pytest.fixture(scope="module")
+def experts():
+    return [llama(s) for s in range(4)]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_forced_gate_reproduces_each_experts_ffn(tied):
+    experts = [llama(s, tie_word_embeddings=tied) for s in range(3)]
+    moe = merge_experts(experts, experts, MergeSpec(experts=("a", "b", "c")))
+    x = torch.randn(10, SHAPE["hidden_size"])  # (N, d)
+    for layer in range(SHAPE["num_hidden_layers"]):
+        block = moe.model.layers[layer].mlp.experts
+        for i, expert in enumerate(experts):
+            index = torch.full((10, 1), i, dtype=torch.long)  # every token to expert i, weight 1
+            got = block(x, index, torch.ones(10, 1))
+            want = expert.model.layers[layer].mlp(x)
+            assert torch.allclose(got, want, atol=1e-5), (layer, i)
+
+
+def test_identical_experts_merge_to_the_same_model():
+    """Any routing over identical FFNs with weights summing to one is that FFN: the logits must not move."""
+    one = llama(7)
+    moe = merge_experts([one] * 4, [one] * 4, MergeSpec(experts=tuple("abcd")))
+    init_gates(moe, [], mode="random", seed=3)
+    ids = torch.randint(3, SHAPE["vocab_size"], (2, 20))
+    with torch.no_grad():
+        assert torch.allclose(moe(input_ids=ids).logits, one(input_ids=ids).logits, atol=1e-4)
+
+
+def test_rest_is_the_average_or_the_seed(experts):
+    avg = merge_experts(experts, experts, MergeSpec(experts=tuple("abcd")))
+    q = "model.layers.1.self_attn.q_proj.weight"
+    want = torch.stack([e.state_dict()[q] for e in experts]).mean(0)
+    assert torch.allclose(avg.state_dict()[q], want)
+    seed = llama(99)
+    from_seed = merge_experts(experts, [seed], MergeSpec(experts=tuple("abcd"), merge_rest="seed"))
+    assert torch.equal(from_seed.state_dict()["model.embed_tokens.weight"], seed.state_dict()["model.embed_tokens.weight"])
+
+
+def test_save_and_load_give_identical_logits(experts, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    moe = merge_experts(experts, experts, MergeSpec(experts=tuple("abcd")))
+    init_gates(moe, [], mode="random", seed=0)
+    moe.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(again).__name__ == "MixtralForCausalLM"
+    ids = torch.randint(3, SHAPE["vocab_size"], (1, 16))
+    with torch.no_grad():
+        assert torch.equal(moe(input_ids=ids).logits, again(input_ids=ids).logits)
+    out = again.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 20)
+
+
+def test_hidden_gate_init_routes_each_experts_own_states_to_it(experts):
+    moe = merge_experts(experts, experts, MergeSpec(experts=tuple("abcd")))
+    # fake domain statistics: well-separated mean vectors per expert and layer
+    means = [[torch.nn.functional.one_hot(torch.tensor(i), SHAPE["hidden_size"]).float() * 5 for _ in range(2)]
+             for i in range(4)]
+    init_gates(moe, means, mode="hidden")
+    for layer in moe.model.layers:
+        logits = torch.stack([m[0] for m in means]) @ layer.mlp.gate.weight.T  # (E, E)
+        assert torch.equal(logits.argmax(dim=1), torch.arange(4))
+
+
+def test_aux_loss_is_on_and_ignores_padding(experts):
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    moe = merge_experts(experts, experts, MergeSpec(experts=tuple("abcd"), router_aux_loss_coef=0.01))
+    init_gates(moe, [], mode="random", seed=1)
+    ids = torch.randint(3, SHAPE["vocab_size"], (2, 12))
+    out = moe(input_ids=ids, labels=ids, output_router_logits=True)
+    plain = moe(input_ids=ids, labels=ids, output_router_logits=False)
+    assert out.aux_loss is not None and float(out.aux_loss.detach()) > 0
+    assert torch.allclose(out.loss, plain.loss + 0.01 * out.aux_loss, atol=1e-6)  # it enters the loss
+    # padding: appending padded positions (mask 0) leaves the aux loss unchanged
+    padded = torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(2, 12), torch.zeros(2, 5)], dim=1).long()
+    a = moe(input_ids=padded, attention_mask=mask, output_router_logits=True)
+    logits = tuple(g.reshape(2, 17, -1)[:, :12].reshape(24, -1) for g in a.router_logits)
+    unpadded = load_balancing_loss_func(logits, 4, 2)
+    masked = load_balancing_loss_func(a.router_logits, 4, 2, attention_mask=mask)
+    assert torch.allclose(masked, unpadded, atol=1e-6)
+
+
+def test_moe_inputs_are_captured_per_layer(experts):
+    states = moe_input_hidden_states(experts[0], torch.randint(3, 97, (2, 9)))
+    assert len(states) == SHAPE["num_hidden_layers"] and states[0].shape == (2, 9, SHAPE["hidden_size"])
+
+
+def test_refuses_other_shapes_and_architectures(experts):
+    class Tok:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+    same = {str(i): Tok({"a": 0}) for i in range(2)}
+    check_mergeable({"0": experts[0], "1": experts[1]}, same)
+    with pytest.raises(ConfigError, match="do not share one shape.*intermediate_size=64"):
+        check_mergeable({"0": experts[0], "1": llama(5, intermediate_size=64)}, same)
+    with pytest.raises(ConfigError, match="Llama-architecture experts only"):
+        check_mergeable({"0": experts[0], "1": torch.nn.Linear(2, 2)}, same)
+    with pytest.raises(ConfigError, match="token-level MoE needs experts that share one vocabulary"):
+        check_mergeable({"0": experts[0], "1": experts[1]}, {"0": Tok({"a": 0}), "1": Tok({"b": 0})})
+
+
+def test_shipped_token_recipe_is_the_defaults_and_bad_fields_are_named(tmp_path):
+    from moe_experts.config import TokenRouterRecipe, load_token_recipe
+    from tests.conftest import REPO
+
+    assert load_token_recipe(REPO / "router_training" / "token.yaml") == TokenRouterRecipe()
+    bad = tmp_path / "token.yaml"
+    bad.write_text("train: everything\n")
+    with pytest.raises(ConfigError, match="train"):
+        load_token_recipe(bad)
