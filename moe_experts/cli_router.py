@@ -154,10 +154,11 @@ def print_router_summary(m: dict[str, Any], folder: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per request: decision, posteriors, experts, text, timings.")
 @click.option("--explain", is_flag=True, help="Show the nearest training documents and every expert's probability.")
 @click.option("--max-bytes", type=int, default=100_000, show_default=True, help="Refuse requests larger than this.")
+@click.option("--layer", type=int, help="--router token --explain: the MoE layer whose per-token experts are shown [last].")
 @click.pass_context
 def ask(ctx: click.Context, text: str | None, file_: Path | None, router: str, top_k: int, expert: str | None,
         max_new_tokens: int | None, temperature: float | None, seed: int | None, as_json: bool, explain: bool,
-        max_bytes: int) -> None:
+        max_bytes: int, layer: int | None) -> None:
     """Route a request to the right expert and answer it.
 
     \b
@@ -175,6 +176,12 @@ def ask(ctx: click.Context, text: str | None, file_: Path | None, router: str, t
         raise RequestError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
     requests = _read_requests(text, file_, max_bytes)
 
+    overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    if router == "token":
+        _ask_token(ctx, requests, overrides, top_k=top_k, expert=expert, explain=explain, layer=layer, as_json=as_json)
+        return
+    if layer is not None:
+        raise RequestError("--layer applies to --router token only", hint="add --router token, or drop --layer")
     from moe_experts.inference.ask import ask as run, check_expert
     from moe_experts.routing.doc_router import DocRouter, router_dir
     setup = _setup(ctx)
@@ -182,13 +189,39 @@ def ask(ctx: click.Context, text: str | None, file_: Path | None, router: str, t
     # ask needs the router's expert set and embedder to match; corpus changes are train-router's business
     doc_router = DocRouter.load(router_dir(setup.workspace.root), setup.registry)
     doc_router.warm_up()
-    overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     answers = run(setup, doc_router, requests, top_k=top_k, expert=expert, overrides=overrides, explain=explain)
     for answer in answers:
         if as_json:
             click.echo(json.dumps(answer.to_json(), ensure_ascii=False))
         else:
             _print_answer(answer, explain, many=len(answers) > 1)
+
+
+def _ask_token(ctx: click.Context, requests: list[Any], overrides: dict[str, Any], *, top_k: int, expert: str | None,
+               explain: bool, layer: int | None, as_json: bool) -> None:
+    from moe_experts.errors import RequestError
+    from moe_experts.inference.ask_token import ask_token
+
+    if top_k != 1 or expert is not None:
+        raise RequestError("--top-k and --expert apply to the document router; the token-level MoE routes every "
+                           "token inside its layers", hint="drop them, or use --router doc")
+    answers = ask_token(_setup(ctx), requests, overrides=overrides, explain=explain, layer=layer)
+    for answer in answers:
+        if as_json:
+            click.echo(json.dumps(answer.to_json(), ensure_ascii=False))
+            continue
+        g = answer.generation
+        if len(answers) > 1:
+            click.echo(f"--- request {answer.request.id}")
+        click.echo("router: token-level MoE (every token routed in every layer)")
+        click.echo("answer:\n" + g.text.strip())
+        if explain:
+            click.echo(f"experts per generated token (layer {answer.layer}: top-{len(answer.routes[0].layer_experts) if answer.routes else 0}; "
+                       "majority: the top-1 expert in most layers):")
+            for r in answer.routes:
+                click.echo(f"  {r.token!r:<16} layer {answer.layer}: {' + '.join(r.layer_experts):<20} majority: {r.majority}")
+        tps = f", {g.new_tokens / g.seconds:.0f} tokens/s" if g.seconds > 0 else ""
+        click.echo(f"latency: generation {1000 * g.seconds:.1f} ms ({g.new_tokens} tokens{tps})")
 
 
 def _read_requests(text: str | None, file_: Path | None, max_bytes: int) -> list[Any]:

@@ -103,3 +103,42 @@ def test_cli_flags_and_eval_system(token_routed, tmp_path):
     assert [s["name"] for s in report["systems"]] == ["generalist", "token-moe"]
     cost = report["cost"]["token-moe"]
     assert cost["active_params"] < cost["total_params"]
+
+
+def test_ask_with_the_token_router(token_routed):
+    setup, _, _ = token_routed
+    base = ["--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(setup.workspace.root), "ask"]
+    out = run_cli(*base, "--router", "token", "--text", "The quiet river", "--max-new-tokens", "6", "--seed", "0",
+                  "--json", "--explain", "--layer", "0")
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert row["router"] == "token" and 1 <= row["new_tokens"] <= 6
+    tokens = row["explain"]["tokens"]
+    assert row["explain"]["layer"] == 0 and len(tokens) == row["new_tokens"]
+    assert all(len(t["experts"]) == 2 and set(t["experts"]) <= set(setup.registry.names) for t in tokens)
+    assert all(t["majority"] in setup.registry.names for t in tokens)
+    text = run_cli(*base, "--router", "token", "--text", "The quiet river", "--max-new-tokens", "4", "--explain")
+    assert text.returncode == 0 and "experts per generated token" in text.stdout and "majority:" in text.stdout
+    for args, message in ((["--top-k", "2"], "--top-k and --expert apply to the document router"),
+                          (["--layer", "99"], "--layer must be between 0 and"),):
+        bad = run_cli(*base, "--router", "token", "--text", "x", *args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+    doc_layer = run_cli(*base, "--text", "x", "--layer", "1")
+    assert doc_layer.returncode == 2 and "--layer applies to --router token only" in doc_layer.stderr
+
+
+def test_ask_token_without_a_token_router(trained_setup, tmp_path):
+    import os
+
+    from moe_experts.errors import MissingArtifactError
+    from moe_experts.inference.ask import Request
+    from moe_experts.inference.ask_token import ask_token
+    from moe_experts.modeling.stages import Setup
+    from moe_experts.workspace import Workspace
+
+    bare = Workspace(tmp_path / "ws")
+    bare.root.mkdir(parents=True)
+    os.symlink(trained_setup.workspace.root / "models", bare.root / "models")
+    other = Setup(workspace=bare, registry=trained_setup.registry, preset=trained_setup.preset)
+    with pytest.raises(MissingArtifactError, match="train-router --kind token"):
+        ask_token(other, [Request("hello")])
