@@ -28,7 +28,7 @@ _NUMERIC = re.compile(
 )
 _BLANKS = {"", "-", "—", "–", "n/a", "na", "nan", "none", "null"}
 
-_PLOT_ORDER = ("bits_per_byte", "confusion", "reliability", "tradeoff")
+_PLOT_ORDER = ("bits_per_byte", "confusion", "expert_load", "reliability", "tradeoff")
 _CAPTIONS = {
     "bits_per_byte": "Bits per byte per domain and macro average, one bar per system (lower is better). "
     "The vertical axis may not start at zero.",
@@ -227,6 +227,10 @@ def _caption(key: str) -> str:
             f"Routing confusion for {system}: rows are true domains, columns the chosen expert; "
             "cells hold document counts, colour is the share of the row."
         )
+    if key.startswith("expert_load:"):
+        system = key.split(":", 1)[1]
+        return (f"Expert load of {system}: per layer, the share (%) of each domain's test tokens that each expert "
+                "receives among the top-k slots.")
     return _CAPTIONS.get(key, key)
 
 

@@ -33,7 +33,7 @@ def write_plots(report: dict, folder: Path) -> dict[str, str]:
     """Write the report's plots into ``folder``; return {plot key: file name} for those written.
 
     Keys: ``bits_per_byte``, ``confusion:<system>`` (one per routed system),
-    ``reliability``, ``tradeoff``.
+    ``expert_load:<system>`` (one per token-level MoE), ``reliability``, ``tradeoff``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: heavy import
 
@@ -59,6 +59,11 @@ def write_plots(report: dict, folder: Path) -> dict[str, str]:
         if fig is None:
             continue
         save(f"confusion:{system}", fig, _unique(f"confusion-{_file_safe(system)}.png", used_names))
+
+    for system, load in (report.get("expert_load") or {}).items():
+        fig = _expert_load_figure(system, load)
+        if fig is not None:
+            save(f"expert_load:{system}", fig, _unique(f"expert-load-{_file_safe(system)}.png", used_names))
 
     fig = _reliability_figure(report)
     if fig is not None:
@@ -217,6 +222,39 @@ def _significance_mark(ci: Any) -> str | None:
 
 
 # ---------------------------------------------------------------- routing
+
+
+def _expert_load_figure(system: str, load: dict) -> Any:
+    """Domain x expert heatmaps of the share of tokens, one panel per MoE layer."""
+    from matplotlib.figure import Figure
+
+    experts, layers = list(load.get("experts") or []), list(load.get("layers") or [])
+    if not experts or not layers:
+        return None
+    domains = list(layers[0].get("share_by_domain") or {})
+    if not domains:
+        return None
+    cols = min(4, len(layers))
+    rows_n = math.ceil(len(layers) / cols)
+    fig = Figure(figsize=(1.2 + cols * (0.7 * len(experts) + 1.2), 0.8 + rows_n * (0.45 * len(domains) + 1.2)))
+    image = None
+    for i, row in enumerate(layers):
+        ax = fig.add_subplot(rows_n, cols, i + 1)
+        grid = [[_num(row["share_by_domain"][d].get(e)) or 0.0 for e in experts] for d in domains]  # (D, E)
+        image = ax.imshow(grid, cmap="Purples", vmin=0.0, vmax=1.0, aspect="auto")
+        for r, values in enumerate(grid):
+            for c, v in enumerate(values):
+                ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if v > 0.5 else "black")
+        ax.set_xticks(range(len(experts)))
+        ax.set_xticklabels(experts, rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(len(domains)))
+        ax.set_yticklabels(domains if i % cols == 0 else [""] * len(domains), fontsize=7)
+        ax.set_title(f"layer {row.get('layer', i)}", fontsize=9)
+    fig.suptitle(f"{system}: share of each domain's tokens per expert (%)")
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes, shrink=0.8, label="share of the domain's top-k slots")
+    return fig
 
 
 def _confusion_figure(system: str, routing: dict) -> Any:

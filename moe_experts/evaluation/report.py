@@ -141,6 +141,17 @@ def tables(report: dict[str, Any]) -> list[Table]:
                                   "routing p99 ms", "generation tokens/s"], rows,
                          ["FLOPs: forward pass at a full context; router parameters (the embedder) run once per "
                           "request, not per token; routing: one request at a time (embed + search + classifier); tokens/s: greedy, one prompt at a time, on " + report["machine"]["device"]]))
+    for name, load in report.get("expert_load", {}).items():
+        experts = load["experts"]
+        rows = []
+        for row in load["layers"]:
+            for domain, share in [*row["share_by_domain"].items(), ("all", row["share"])]:
+                rows.append([str(row["layer"]), domain, *[f"{100 * share[e]:.1f}%" for e in experts],
+                             f"{row['mean_token_entropy']:.3f}" if domain == "all" else "",
+                             ", ".join(row["dead"]) if domain == "all" else ""])
+        out.append(Table(f"Expert load: {name} (share of each domain's test tokens, top-{load['top_k']} slots)",
+                         ["layer", "domain", *experts, "entropy", "dead (< 5%)"], rows,
+                         ["entropy: mean per-token routing entropy, 1 = uniform over the experts"]))
     if report["targets"]:
         rows = [[t["domain"], t["name"], _f(t["value"], 4),
                  f"[{_f(t['ci'][0], 4)}, {_f(t['ci'][1], 4)}]" if t["ci"] else "", f"<= {t['threshold']}",

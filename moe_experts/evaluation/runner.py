@@ -117,6 +117,7 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
     skipped: list[dict[str, str]] = []
     scores: dict[str, dict[str, DocScores]] = {}
     costs: dict[str, dict[str, Any]] = {}
+    expert_load: dict[str, Any] = {}
     for system in systems:
         why: Unavailable | None = system.unavailable(ctx)
         if why is not None:
@@ -127,6 +128,8 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
         try:
             scores[system.name] = system.scores(ctx)
             costs[system.name] = system.cost(ctx)
+            if hasattr(system, "expert_load"):  # token-level MoEs: where each domain's tokens go, per layer
+                expert_load[system.name] = system.expert_load(ctx)
         except ConfigError as exc:  # e.g. a mixture of experts that do not share a tokenizer
             logger.info("skipping %s: %s", system.name, exc.message)
             scores.pop(system.name, None)
@@ -162,6 +165,7 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
         "routing": _routing_section(ctx, scores, domains) if ROUTED_TOP1 in scores else {},
         "suites": _suites_section(ctx, opts) if opts.suites and ROUTED_TOP1 in scores else {},
         "cost": costs,
+        "expert_load": expert_load,
         "targets": [],
         "notes": [],
         "files": {},

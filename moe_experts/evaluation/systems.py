@@ -446,6 +446,38 @@ class DocRoutedSystem:
                 "routing_ms_p50": p50, "routing_ms_p99": p99, "tokens_per_second": speed}
 
 
+LOAD_BLOCKS_PER_DOMAIN = 16  # test blocks per domain for the token-level MoE's expert-load heatmap
+
+
+@dataclass
+class TokenMoESystem(ModelSystem):
+    """The token-level sparse MoE (routers/token/): a causal LM, plus where each domain's tokens go."""
+
+    def expert_load(self, ctx: EvalContext) -> dict[str, Any]:
+        """Per layer, each expert's share of every domain's test tokens (top-k slots), entropy, dead experts."""
+        import torch
+
+        from moe_experts.routing.train_token import router_health
+
+        loaded = self._loader(ctx)(ctx.device)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        window = min(ctx.setup.preset.seq_len, model.config.max_position_embeddings)
+        blocks = {}
+        for d, docs in ctx.docs.items():
+            ids: list[int] = []
+            for text in docs.texts:
+                ids += [*tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], tokenizer.eos_token_id]
+                if len(ids) >= window * LOAD_BLOCKS_PER_DOMAIN:
+                    break
+            n = max(1, len(ids) // window)
+            blocks[d] = torch.tensor(ids[: n * window] if len(ids) >= window else ids, dtype=torch.long).reshape(n, -1)
+        experts = list((loaded.manifest or {}).get("experts") or [f"expert {i}" for i in range(model.config.num_local_experts)])
+        health = router_health(model, blocks, experts, ctx.batch_size, dead_share=0.05)
+        del model, loaded
+        gc.collect()
+        return health
+
+
 # ---------------------------------------------------------------------------- the default line-up
 def default_systems(setup: Setup, *, top_k: int = 2) -> list[System]:
     """Every system the evaluator knows, in report column order (the missing ones are skipped later)."""
@@ -472,7 +504,7 @@ def default_systems(setup: Setup, *, top_k: int = 2) -> list[System]:
     if top_k > 1:
         systems.append(DocRoutedSystem(top_k))
     token_dir = ws.root / "routers" / "token"
-    systems.append(ModelSystem("token-moe", "moe", "token-level sparse MoE (experts' FFNs, trained gates)",
+    systems.append(TokenMoESystem("token-moe", "moe", "token-level sparse MoE (experts' FFNs, trained gates)",
                                "token-moe", token_dir,
                                "the token-level router is not built (`moe-experts train-router --kind token`, "
                                "the token-level router issue)"))

@@ -103,6 +103,12 @@ def test_cli_flags_and_eval_system(token_routed, tmp_path):
     assert [s["name"] for s in report["systems"]] == ["generalist", "token-moe"]
     cost = report["cost"]["token-moe"]
     assert cost["active_params"] < cost["total_params"]
+    load = report["expert_load"]["token-moe"]
+    assert load["experts"] == list(setup.registry.names) and len(load["layers"]) == setup.preset.model.num_hidden_layers
+    assert set(load["layers"][0]["share_by_domain"]) == set(report["domains"])
+    folder = setup.workspace.reports_dir / "with-moe"
+    assert (folder / report["files"]["plots"]["expert_load:token-moe"]).stat().st_size > 1000
+    assert "Expert load: token-moe" in (folder / "report.md").read_text()
 
 
 def test_ask_with_the_token_router(token_routed):
