@@ -1,0 +1,102 @@
+"""Token-level router training throughput: tokens/s and model FLOPs utilisation (MFU).
+
+Target (token-level router issue): report gate-training throughput in tokens/s
+and MFU against the GPU's bf16 peak, for the workspace's token router recipe
+(``--train gates`` by default; ``--train all`` for BTX fine-tuning).
+
+MFU = 6 x active parameters x tokens/s / peak FLOP/s (the usual 6N rule for a
+forward + backward pass; with frozen weights the backward pass still runs through
+every layer to reach the gates, so the rule holds to within the skipped weight
+gradients). The run merges the experts and trains for ``--steps`` steps through
+the same code as ``moe-experts train-router --kind token``, in a scratch copy of
+the router folder, so the workspace's router is not touched.
+
+    python benchmarks/gate_training.py -w runs/small --steps 50 [--train all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
+from moe_experts.config import load_preset, load_registry, load_token_recipe  # noqa: E402
+from moe_experts.modeling.stages import Setup  # noqa: E402
+from moe_experts.workspace import Workspace, read_json  # noqa: E402
+
+# dense bf16 peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
+BF16_PEAK = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-w", "--workspace", default="runs/small")
+    ap.add_argument("--cards", default="experts")
+    ap.add_argument("--recipe", type=Path, default=None)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--train", choices=["gates", "all"], default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from moe_experts.evaluation.systems import model_flops
+    from moe_experts.routing.train_token import train_token_router
+
+    source = Workspace(Path(args.workspace).absolute())
+    preset = load_preset(read_json(source.root / "workspace.json")["preset"])
+    recipe = load_token_recipe(args.recipe)
+    update = {"training": recipe.training.model_copy(update={"steps": args.steps}), "dead_expert_share": 0.0}
+    if args.train:
+        update["train"] = args.train
+    recipe = recipe.model_copy(update=update)
+    with tempfile.TemporaryDirectory() as tmp:
+        # a scratch workspace that shares everything but the routers and checkpoints
+        scratch = Workspace(Path(tmp) / "ws")
+        scratch.root.mkdir()
+        for part in source.root.iterdir():
+            if part.name not in ("routers", "checkpoints", "reports"):
+                (scratch.root / part.name).symlink_to(part)
+        setup = Setup(workspace=scratch, registry=load_registry(Path(args.cards)), preset=preset)
+        manifest = train_token_router(setup, recipe)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(scratch.root / "routers" / "token")
+        shutil.rmtree(scratch.root / "routers", ignore_errors=True)
+    t = manifest["training"]
+    _, active, _ = model_flops(config, preset.seq_len)
+    tokens_per_s = t["tokens"] / t["seconds"]
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()
+    peak = next((v for k, v in BF16_PEAK.items() if k in device), None) if torch.cuda.is_available() else None
+    result = {
+        "benchmark": "gate_training",
+        "date": dt.date.today().isoformat(),
+        "machine": {"device": device, "cores": usable_cores(), "torch": torch.__version__},
+        "preset": preset.name,
+        "train": recipe.train,
+        "steps": t["steps"],
+        "tokens": t["tokens"],
+        "seconds": t["seconds"],
+        "tokens_per_second": round(tokens_per_s, 1),
+        "active_parameters": active,
+        "trainable_parameters": t["trainable_parameters"],
+        "bf16_peak_flops": peak,
+        "mfu": round(6 * active * tokens_per_s / peak, 4) if peak else None,
+        "health_dead": manifest["health"]["dead"],
+    }
+    print(json.dumps(result, indent=1))
+    out = args.out or Path(__file__).parent / "results" / f"gate_training-{result['date']}-{preset.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
