@@ -136,3 +136,15 @@ def test_shipped_token_recipe_is_the_defaults_and_bad_fields_are_named(tmp_path)
     bad.write_text("train: everything\n")
     with pytest.raises(ConfigError, match="train"):
         load_token_recipe(bad)
+
+
+def test_a_merge_that_does_not_fit_is_refused_before_it_starts(experts, monkeypatch):
+    import os
+
+    from moe_experts.routing.token_moe import check_memory
+
+    check_memory(experts[0].config, 4, 4)  # a few hundred kB: fits anywhere
+    pages = {"SC_AVPHYS_PAGES": 10, "SC_PAGE_SIZE": 4096}  # 40 kB free
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    with pytest.raises(ConfigError, match=r"the merge needs about .* GiB of memory"):
+        check_memory(experts[0].config, 4, 4)
