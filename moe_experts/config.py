@@ -460,18 +460,23 @@ class TokenRouterRecipe(StrictModel):
 
 def load_token_recipe(path: Path | None) -> TokenRouterRecipe:
     """A token-router recipe YAML (default: router_training/token.yaml when present, else built-in defaults)."""
-    return _load_recipe(path, "token.yaml", TokenRouterRecipe)
+    return load_yaml_model(path, RECIPES_DIR / "token.yaml", TokenRouterRecipe)
 
 
-def _load_recipe(path: Path | None, default_name: str, model: Any) -> Any:
+def load_yaml_model(path: Path | None, default: Path, model: Any) -> Any:
+    """``model`` from a YAML file: ``path``, else ``default`` when it exists, else the model's defaults.
+
+    An empty file means the defaults; anything else must be a mapping. Errors name the file and field.
+    """
     if path is None:
-        default = RECIPES_DIR / default_name
         if not default.exists():
             return model()
         path = default
     data = read_yaml(path)
+    if data is None:
+        data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: a recipe must be a YAML mapping")
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -480,4 +485,4 @@ def _load_recipe(path: Path | None, default_name: str, model: Any) -> Any:
 
 def load_recipe(path: Path | None) -> DocRouterRecipe:
     """A router recipe YAML (default: router_training/doc.yaml when present, else built-in defaults)."""
-    return _load_recipe(path, "doc.yaml", DocRouterRecipe)
+    return load_yaml_model(path, RECIPES_DIR / "doc.yaml", DocRouterRecipe)

@@ -57,16 +57,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from moe_experts import __version__
 from moe_experts.config import (
     ExpertCard,
     ExpertRegistry,
     StrictModel,
-    format_validation_error,
     hash_json,
-    read_yaml,
+    load_yaml_model,
 )
 from moe_experts.data.build import Document, corpora_dir, iter_documents
 from moe_experts.data.split import unit_hash
@@ -177,19 +176,7 @@ class SuiteRecipe(StrictModel):
 
 def load_suite_recipe(path: Path | None) -> SuiteRecipe:
     """A suites recipe YAML (default: eval/suites.yaml when present, else built-in defaults)."""
-    if path is None:
-        if not SUITES_FILE.exists():
-            return SuiteRecipe()
-        path = SUITES_FILE
-    data = read_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: a suites recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return SuiteRecipe.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(str(path), exc), hint=f"edit {path}") from exc
+    return load_yaml_model(path, SUITES_FILE, SuiteRecipe)
 
 
 # --------------------------------------------------------------------------- items
