@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import sys
 import time
 import warnings
@@ -29,10 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
+from benchmarks.machine import cpu_model, sample_requests, usable_cores, write_result  # noqa: E402
 from moe_experts.config import load_registry  # noqa: E402
-from moe_experts.data.build import iter_documents  # noqa: E402
-from moe_experts.data.split import unit_hash  # noqa: E402
 from moe_experts.routing.doc_router import DocRouter, router_dir  # noqa: E402
 from moe_experts.workspace import Workspace  # noqa: E402
 
@@ -63,11 +60,7 @@ def main() -> None:
     ws = Workspace(Path(args.workspace).absolute())
     registry = load_registry(Path(args.cards))
     router = DocRouter.load(router_dir(ws.root), registry)
-    per_domain = max(1, args.requests // len(registry.cards))
-    texts = []
-    for card in registry.cards:
-        docs = sorted(iter_documents(ws, card.domain, "test"), key=lambda d: unit_hash(d.text, "bench-latency"))
-        texts += [d.text[:400] for d in docs[:per_domain]]
+    texts = sample_requests(ws, registry, args.requests)
 
     fp32 = router.embedder
     int8 = copy.copy(fp32)
@@ -97,11 +90,7 @@ def main() -> None:
         "cosine_int8_vs_fp32": {"min": round(float(cos.min()), 4), "median": round(float(np.median(cos)), 4)},
         "decisions_changed": changed,
     }
-    print(json.dumps(result, indent=1))
-    out = args.out or Path(__file__).parent / "results" / f"embedder_int8-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out}")
+    write_result(result, args.out, f"embedder_int8-{result['date']}")
 
 
 if __name__ == "__main__":

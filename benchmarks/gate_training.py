@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
+from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
 from moe_experts.config import load_preset, load_registry, load_token_recipe  # noqa: E402
 from moe_experts.modeling.stages import Setup  # noqa: E402
 from moe_experts.workspace import Workspace, read_json  # noqa: E402
@@ -91,11 +90,7 @@ def main() -> None:
         "mfu": round(6 * active * tokens_per_s / peak, 4) if peak else None,
         "health_dead": manifest["health"]["dead"],
     }
-    print(json.dumps(result, indent=1))
-    out = args.out or Path(__file__).parent / "results" / f"gate_training-{result['date']}-{preset.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out}")
+    write_result(result, args.out, f"gate_training-{result['date']}-{preset.name}")
 
 
 if __name__ == "__main__":

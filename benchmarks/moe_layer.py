@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
+from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
 
 
 def timed(fn, device, repeats: int, warmup: int) -> list[float]:
@@ -108,11 +107,7 @@ def main() -> None:
         "ratio_to_dense_p50": {k: round(float(np.median(v)) / base, 3) for k, v in rows.items() if k != "dense"},
         "flop_ideal_ratio": args.top_k,
     }
-    print(json.dumps(result, indent=1))
-    out = args.out or Path(__file__).parent / "results" / f"moe_layer-{result['date']}-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out}")
+    write_result(result, args.out, f"moe_layer-{result['date']}-{device.type}")
 
 
 if __name__ == "__main__":

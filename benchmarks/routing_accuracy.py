@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
+from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
 from moe_experts.config import load_preset, load_registry  # noqa: E402
 from moe_experts.data.build import iter_documents  # noqa: E402
 from moe_experts.data.split import unit_hash  # noqa: E402
@@ -106,11 +106,8 @@ def main() -> None:
         "embedding_seconds": round(embed_s, 1),
     }
     result["margin_points"] = round(100 * (result["router_top1"]["accuracy"] - result["tfidf_logreg_baseline"]["accuracy"]), 2)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
-    out = args.out or Path(__file__).parent / "results" / f"routing_accuracy-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out}")
+    write_result(result, args.out, f"routing_accuracy-{result['date']}",
+                 shown={k: v for k, v in result.items() if k != "machine"})
 
 
 if __name__ == "__main__":

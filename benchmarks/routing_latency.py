@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,10 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_model, usable_cores  # noqa: E402
+from benchmarks.machine import cpu_model, sample_requests, usable_cores, write_result  # noqa: E402
 from moe_experts.config import load_preset, load_registry  # noqa: E402
-from moe_experts.data.build import iter_documents  # noqa: E402
-from moe_experts.data.split import unit_hash  # noqa: E402
 from moe_experts.inference.ask import ExpertPool  # noqa: E402
 from moe_experts.modeling.stages import Setup  # noqa: E402
 from moe_experts.routing.doc_router import DocRouter, router_dir  # noqa: E402
@@ -55,11 +52,7 @@ def main() -> None:
     router.warm_up()
     pool = ExpertPool(setup)
 
-    per_domain = max(1, args.requests // len(setup.registry.cards))
-    requests = []
-    for card in setup.registry.cards:
-        docs = sorted(iter_documents(ws, card.domain, "test"), key=lambda d: unit_hash(d.text, "bench-latency"))
-        requests += [d.text[:400] for d in docs[:per_domain]]
+    requests = sample_requests(ws, setup.registry, args.requests)
 
     for name in setup.registry.names:  # load every expert before timing
         pool.get(name)
@@ -91,11 +84,7 @@ def main() -> None:
         "generate_64_ms": {"p50": round(float(np.percentile(g, 50)), 3), "p99": round(float(np.percentile(g, 99)), 3)},
     }
     result["routing_share_of_generation_p50"] = round(result["routing_ms"]["p50"] / result["generate_64_ms"]["p50"], 5)
-    print(json.dumps(result, indent=1))
-    out = args.out or Path(__file__).parent / "results" / f"routing_latency-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out}")
+    write_result(result, args.out, f"routing_latency-{result['date']}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,21 +226,13 @@ def latest_matching_report(reports_dir: Path, fingerprint: str) -> Path | None:
 
 
 def _machine(device: str) -> dict[str, Any]:
-    import os
-
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from moe_experts.machine import cpu_model, usable_cores
+
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
-    return {"device": device, "cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "gpu": gpu}
+    return {"device": device, "cpu": cpu_model(), "cores": usable_cores(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu}
 
 
 def _lm_section(scores: dict[str, dict[str, DocScores]], domains: list[str], counts: dict[str, np.ndarray],
@@ -422,11 +413,6 @@ def _notes(report: dict[str, Any], evaluated: list[System]) -> list[str]:
     for s in report["skipped"]:
         notes.append(f"skipped {s['name']}: {s['reason']}; {s['hint']}")
     return notes
-
-
-def report_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """Where the report came from, for compare and for logs."""
-    return {k: report.get(k) for k in ("name", "created", "preset", "workspace")}
 
 
 def load_report(folder: Path) -> dict[str, Any]:

@@ -44,9 +44,6 @@ class DocScores:
         n = int(self.tokens.sum())
         return math.exp(float(self.nll.sum()) / n) if n > 0 else None
 
-    def subset(self, idx: np.ndarray) -> DocScores:
-        return DocScores(self.nll[idx], self.tokens[idx], self.bytes[idx])
-
 
 def token_logprobs(
     model: Any, tokenizer: Any, texts: Sequence[str], *, window: int, batch_size: int, progress: Any = None

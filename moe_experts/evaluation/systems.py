@@ -134,6 +134,7 @@ class EvalContext:
     latency_requests: int = 50  # single requests for routing latency (0: not measured)
     _logprobs: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
     _info: dict[str, ModelInfo] = field(default_factory=dict)
+    _extra: dict[str, Any] = field(default_factory=dict)
     _router: Any = None
     _router_error: Unavailable | None = None
     _decisions: dict[str, list[Any]] | None = None
@@ -155,10 +156,17 @@ class EvalContext:
         folder = self.setup.workspace.model_dir(name)
         return lambda device: load_checkpoint(folder, device=device)
 
-    def model_logprobs(self, key: str, loader: Loader) -> dict[str, list[np.ndarray]]:
-        """Per-token log-probs of model ``key`` on every domain (computed once, then reused)."""
+    def model_logprobs(self, key: str, loader: Loader,
+                       while_loaded: Callable[[LoadedModel], Any] | None = None) -> dict[str, list[np.ndarray]]:
+        """Per-token log-probs of model ``key`` on every domain (computed once, then reused).
+
+        ``while_loaded`` runs on the loaded model before it is freed (its result: ``extra(key)``),
+        so a system that needs more than log-probs does not load the weights twice.
+        """
         if key not in self._logprobs:
             loaded = loader(self.device)
+            if while_loaded is not None:
+                self._extra[key] = while_loaded(loaded)
             model, tokenizer = loaded.model, loaded.tokenizer
             context = getattr(model.config, "max_position_embeddings", None) or self.setup.preset.seq_len
             window = min(self.setup.preset.seq_len, context)
@@ -181,6 +189,9 @@ class EvalContext:
 
     def info(self, key: str) -> ModelInfo:
         return self._info[key]
+
+    def extra(self, key: str) -> Any:
+        return self._extra.get(key)
 
     def prompts(self, n: int, chars: int = LATENCY_REQUEST_CHARS) -> list[str]:
         """``n`` short requests spread over the domains: the first ``chars`` characters of test documents."""
@@ -453,29 +464,33 @@ LOAD_BLOCKS_PER_DOMAIN = 16  # test blocks per domain for the token-level MoE's 
 class TokenMoESystem(ModelSystem):
     """The token-level sparse MoE (routers/token/): a causal LM, plus where each domain's tokens go."""
 
+    def scores(self, ctx: EvalContext) -> dict[str, DocScores]:
+        logprobs = ctx.model_logprobs(self.key, self._loader(ctx), while_loaded=lambda m: _expert_load(ctx, m))
+        return {d: scores_from_logprobs(logprobs[d], ctx.n_bytes(d)) for d in ctx.domains}
+
     def expert_load(self, ctx: EvalContext) -> dict[str, Any]:
         """Per layer, each expert's share of every domain's test tokens (top-k slots), entropy, dead experts."""
-        import torch
+        return ctx.extra(self.key)
 
-        from moe_experts.routing.train_token import router_health
 
-        loaded = self._loader(ctx)(ctx.device)
-        model, tokenizer = loaded.model, loaded.tokenizer
-        window = min(ctx.setup.preset.seq_len, model.config.max_position_embeddings)
-        blocks = {}
-        for d, docs in ctx.docs.items():
-            ids: list[int] = []
-            for text in docs.texts:
-                ids += [*tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], tokenizer.eos_token_id]
-                if len(ids) >= window * LOAD_BLOCKS_PER_DOMAIN:
-                    break
-            n = max(1, len(ids) // window)
-            blocks[d] = torch.tensor(ids[: n * window] if len(ids) >= window else ids, dtype=torch.long).reshape(n, -1)
-        experts = list((loaded.manifest or {}).get("experts") or [f"expert {i}" for i in range(model.config.num_local_experts)])
-        health = router_health(model, blocks, experts, ctx.batch_size, dead_share=0.05)
-        del model, loaded
-        gc.collect()
-        return health
+def _expert_load(ctx: EvalContext, loaded: LoadedModel) -> dict[str, Any]:
+    import torch
+
+    from moe_experts.routing.train_token import router_health
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    window = min(ctx.setup.preset.seq_len, model.config.max_position_embeddings)
+    blocks = {}
+    for d, docs in ctx.docs.items():
+        ids: list[int] = []
+        for text in docs.texts:
+            ids += [*tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], tokenizer.eos_token_id]
+            if len(ids) >= window * LOAD_BLOCKS_PER_DOMAIN:
+                break
+        n = max(1, len(ids) // window)
+        blocks[d] = torch.tensor(ids[: n * window] if len(ids) >= window else ids, dtype=torch.long).reshape(n, -1)
+    experts = list((loaded.manifest or {}).get("experts") or [f"expert {i}" for i in range(model.config.num_local_experts)])
+    return router_health(model, blocks, experts, ctx.batch_size, dead_share=0.05)
 
 
 # ---------------------------------------------------------------------------- the default line-up

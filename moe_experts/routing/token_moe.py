@@ -160,10 +160,8 @@ def merge_experts(experts: Sequence[Any], rest: Sequence[Any], spec: MergeSpec) 
         merged[p + "mlp.experts.down_proj"] = torch.stack([s[p + "mlp.down_proj.weight"].float() for s in states])  # (E, d, ffn)
         merged[p + "mlp.gate.weight"] = torch.zeros(len(experts), config.hidden_size)  # (E, d)
     moe.load_state_dict(merged, strict=False, assign=True)
-    missing = [n for n, t in list(moe.named_parameters()) + list(moe.named_buffers()) if t.is_meta]
     if config.tie_word_embeddings:
         moe.tie_weights()
-        missing = [n for n in missing if n != "lm_head.weight"]
     # buffers (rotary inverse frequencies) are computed, not stored: rebuild them on the CPU
     moe.model.rotary_emb = type(moe.model.rotary_emb)(config=config)
     missing = [n for n, t in list(moe.named_parameters()) + list(moe.named_buffers()) if t.is_meta]
