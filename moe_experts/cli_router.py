@@ -32,7 +32,7 @@ KINDS = ["doc", "token"]
 @click.option("--train", "train_mode", type=click.Choice(["gates", "all"]),
               help="token: train the gates only (all else frozen) or every weight [recipe].")
 @click.option("--include-seed", is_flag=True, default=None, help="token: add the seed's FFN as one more expert [recipe].")
-@click.option("--allow-dead-experts", is_flag=True, help="token: save even when an expert gets under 5%% of a layer's tokens.")
+@click.option("--allow-dead-experts", is_flag=True, help="token: save even when an expert gets under the recipe's dead_expert_share (5% by default) of a layer's tokens.")
 @click.option("--force", is_flag=True, help="Retrain even when the router is up to date.")
 @click.option("--no-build", is_flag=True, help="Stop instead of building missing corpora or experts first.")
 @resume_option
