@@ -132,7 +132,7 @@ def _train_and_save(
 ) -> dict[str, Any]:
     ws, preset = setup.workspace, setup.preset
     ckpt_dir = ws.checkpoints_dir(name)
-    resume_from = prepare_checkpoint_dir(ckpt_dir, what=name, resume=opts.resume, restart=opts.restart)
+    resume_from = prepare_checkpoint_dir(ckpt_dir, what=name, resume=opts.resume, restart=opts.restart, inputs=inputs)
     length = phase.steps * preset.batch_size * preset.gradient_accumulation_steps * _world_size()
     dataset = BlockDataset(streams, preset.seq_len, length, seed=preset.seed)
     logger.info(

@@ -11,6 +11,7 @@ output is not a terminal.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -24,6 +25,7 @@ import numpy as np
 from moe_experts.config import PhaseConfig, Preset
 from moe_experts.errors import TrainingError
 from moe_experts.progress import bars_enabled
+from moe_experts.workspace import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -79,32 +81,114 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
-def prepare_checkpoint_dir(ckpt_dir: Path, *, what: str, resume: bool, restart: bool) -> Path | None:
-    """The checkpoint to resume from, or None; refuse to guess what to do with an interrupted run."""
+RUN_RECORD = "run.json"  # in a checkpoint folder: what the interrupted run was started from
+
+
+def prepare_checkpoint_dir(
+    ckpt_dir: Path, *, what: str, resume: bool, restart: bool, inputs: dict[str, Any] | None = None
+) -> Path | None:
+    """The checkpoint to resume from, or None; refuse to guess what to do with an interrupted run.
+
+    ``inputs`` (what the run is built from: data, parents, recipe) is recorded
+    when a run starts, and a resume from a run started from other inputs is
+    refused: its optimiser state and weights belong to another experiment.
+    """
     if resume and restart:
         raise TrainingError("--resume and --restart contradict each other", hint="pass one of them")
     latest = latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
     if latest is None:
         if resume:
             logger.info("%s: nothing to resume in %s, starting from scratch", what, ckpt_dir)
+        _record_run(ckpt_dir, inputs)
         return None
     if restart:
         logger.info("%s: discarding the interrupted run in %s", what, ckpt_dir)
         shutil.rmtree(ckpt_dir)
+        _record_run(ckpt_dir, inputs)
         return None
     if not resume:
         raise TrainingError(
             f"{what}: an interrupted run left checkpoints in {ckpt_dir} (latest: {latest.name})",
             hint="pass --resume to continue it, or --restart to discard it and start over",
         )
+    if inputs is not None:
+        record = ckpt_dir / RUN_RECORD
+        if not record.exists():
+            logger.warning("%s: %s records no inputs (an older version wrote it); resuming as asked", what, ckpt_dir)
+        else:
+            started = _flat(read_json(record))
+            now = _flat(json.loads(json.dumps(inputs, default=str)))  # as it would be recorded
+            diffs = [f"{key}: started from {started.get(key)!r}, now {now.get(key)!r}"
+                     for key in sorted(set(started) | set(now)) if started.get(key) != now.get(key)]
+            if diffs:
+                raise TrainingError(
+                    f"{what}: the interrupted run in {ckpt_dir} was started from other inputs:\n  " + "\n  ".join(diffs),
+                    hint="pass --restart to discard it and train from these inputs, "
+                    "or restore the recipe / data it was started from and --resume",
+                )
     logger.info("%s: resuming from %s", what, latest.name)
     return latest
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"recipe": {"top_k": 2}} -> {"recipe.top_k": 2}: a difference is named down to its field."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _record_run(ckpt_dir: Path, inputs: dict[str, Any] | None) -> None:
+    if inputs is not None:
+        write_json_atomic(ckpt_dir / RUN_RECORD, inputs)
 
 
 def device_kind() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resumable(trainer_class: Any) -> Any:
+    """The Trainer, with checkpoints that a resume restores whole.
+
+    transformers#48805 (open in 5.23): the Trainer writes checkpoints through
+    ``save_pretrained``, which converts an MoE's fused experts to the Hub's
+    per-expert layout, but resumes them with a plain ``load_state_dict`` in the
+    fused layout; the mismatch is only logged, and a resumed MoE would silently
+    go on from its initial experts and gates. Checkpoints here exist only to be
+    resumed, so they are written in the model's own layout; and a resume that
+    leaves any weight unrestored (other than one tied to a restored weight) is
+    an error instead of a log line.
+    """
+    import functools
+
+    class ResumableTrainer(trainer_class):  # type: ignore[misc,valid-type]
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_original_format=False)
+            try:
+                super()._save(output_dir, state_dict)
+            finally:
+                del model.save_pretrained
+
+        def _issue_warnings_after_load(self, load_result: Any) -> None:
+            params = dict(self.model.named_parameters(remove_duplicate=False))
+            missing = set(load_result.missing_keys)
+            restored = {p.data_ptr() for name, p in params.items() if name not in missing}
+            lost = sorted(k for k in missing if k not in params or params[k].data_ptr() not in restored)
+            if lost or load_result.unexpected_keys:
+                raise TrainingError(
+                    f"the checkpoint does not match the model: {len(lost)} weight(s) not restored "
+                    f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}), "
+                    f"{len(load_result.unexpected_keys)} unexpected "
+                    f"({', '.join(sorted(load_result.unexpected_keys)[:3])})",
+                    hint="the interrupted run was written by another version or model; pass --restart to start over",
+                )
+
+    return ResumableTrainer
 
 
 def train_causal_lm(
@@ -160,7 +244,7 @@ def train_causal_lm(
             if not bars_enabled() and logs and "loss" in logs:
                 logger.info("%s: step %d/%d loss %.4f", what, state.global_step, state.max_steps, logs["loss"])
 
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[_LogLines(), *callbacks])
+    trainer = _resumable(Trainer)(model=model, args=args, train_dataset=dataset, callbacks=[_LogLines(), *callbacks])
     trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; _LogLines says the same on stderr
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -64,6 +64,13 @@ def token_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
             "preset": setup.preset.fingerprint(), "tokenizer_hash": data.tokenizer_hash, "corpus_hash": data.corpus_hash}
 
 
+def _run_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
+    """What an interrupted training run must share with its resume: the inputs, the recipe field by field
+    (bar the health check's, which runs after training)."""
+    health = {"health_blocks_per_domain", "dead_expert_share"}
+    return {**token_inputs(setup, recipe), "recipe": recipe.model_dump(mode="json", exclude=health)}
+
+
 def token_router_status(setup: Setup, recipe: TokenRouterRecipe) -> tuple[str, list[str]]:
     """('missing' | 'current' | 'stale', what differs)."""
     folder = token_router_dir(setup.workspace.root)
@@ -198,7 +205,8 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
     moe.train()
 
     ckpt_dir = ws.checkpoints_dir(TOKEN_ROUTER)
-    resume_from = prepare_checkpoint_dir(ckpt_dir, what="token router", resume=opts.resume, restart=opts.restart)
+    resume_from = prepare_checkpoint_dir(ckpt_dir, what="token router", resume=opts.resume, restart=opts.restart,
+                                         inputs=_run_inputs(setup, recipe))
     phase = recipe.training
     length = phase.steps * preset.batch_size * preset.gradient_accumulation_steps
     dataset = BlockDataset(list(train.values()), preset.seq_len, length, seed=recipe.seed)

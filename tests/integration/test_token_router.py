@@ -148,3 +148,66 @@ def test_ask_token_without_a_token_router(trained_setup, tmp_path):
     other = Setup(workspace=bare, registry=trained_setup.registry, preset=trained_setup.preset)
     with pytest.raises(MissingArtifactError, match="train-router --kind token"):
         ask_token(other, [Request("hello")])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _copy_setup(setup, root):
+    """A copy of ``setup``'s workspace with its experts but no router, checkpoints or reports."""
+    import shutil
+
+    from moe_experts.modeling.stages import Setup
+    from moe_experts.workspace import Workspace
+
+    shutil.copytree(setup.workspace.root, root, ignore=shutil.ignore_patterns("routers", "checkpoints", "reports"))
+    return Setup(workspace=Workspace(root), registry=setup.registry, preset=setup.preset)
+
+
+def test_interrupted_training_resumes_to_the_same_router(trained_setup, tmp_path):
+    """Kill the run right after its first checkpoint; --resume ends where an uninterrupted run ends."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from moe_experts.modeling.stages import TrainOptions
+    from moe_experts.modeling.train import RUN_RECORD
+
+    save_steps = trained_setup.preset.save_steps
+    recipe = TokenRouterRecipe.model_validate({**FAST, "dead_expert_share": 0.0, "train": "all",
+                                               "training": {**FAST["training"], "steps": 2 * save_steps}})
+
+    class StopAt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == save_steps:
+                raise _Interrupt  # like a kill right after the checkpoint was written
+
+    straight = _copy_setup(trained_setup, tmp_path / "straight")
+    train_token_router(straight, recipe)
+
+    broken = _copy_setup(trained_setup, tmp_path / "broken")
+    with pytest.raises(_Interrupt):
+        train_token_router(broken, recipe, TrainOptions(callbacks=[StopAt()]))
+    ckpts = broken.workspace.checkpoints_dir("token-router")
+    assert (ckpts / RUN_RECORD).exists() and (ckpts / f"checkpoint-{save_steps}").is_dir()
+    assert not token_router_dir(broken.workspace.root).exists()  # nothing half-written
+    with pytest.raises(TrainingError, match="--resume"):
+        train_token_router(broken, recipe)
+
+    # another recipe cannot pick up this run's optimiser state: named down to the field
+    other = recipe.model_copy(update={"top_k": 1})
+    with pytest.raises(TrainingError, match=r"recipe\.top_k: started from 2, now 1") as refused:
+        train_token_router(broken, other, TrainOptions(resume=True))
+    assert "--restart" in refused.value.hint
+    # the health check's settings are not part of training: changing them does not block the resume
+    laxer = recipe.model_copy(update={"health_blocks_per_domain": 1})
+    manifest = train_token_router(broken, laxer, TrainOptions(resume=True))
+
+    assert manifest["training"]["resumed_from_step"] == save_steps
+    assert manifest["training"]["steps"] == 2 * save_steps
+    assert not ckpts.exists()  # finished: nothing left to resume
+    a = load_file(token_router_dir(straight.workspace.root) / "model.safetensors")
+    b = load_file(token_router_dir(broken.workspace.root) / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
