@@ -435,6 +435,34 @@ class DocRouterRecipe(StrictModel):
         return hash_json(self.model_dump(mode="json"))
 
 
+class TokenTraining(StrictModel):
+    """The token router's training phase; the peak learning rate defaults to the one the experts were trained at.
+
+    Measured on ``tiny`` (600 steps, every weight trained): at the experts' own
+    5e-3 the MoE reached 2.282 bits per byte (macro), at a fixed 1e-3 only 2.393,
+    worse than the generalist's 2.336. A merged model is a continuation of its
+    experts' training, not a fine-tune of a finished model.
+    """
+
+    steps: int = Field(default=100, ge=1)
+    learning_rate: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Peak learning rate [the preset's branch-phase learning rate].")
+    warmup_steps: int = Field(default=10, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenTraining:
+        if self.warmup_steps >= self.steps:
+            raise ValueError("warmup_steps must be smaller than steps")
+        return self
+
+    def phase(self, preset: Preset) -> PhaseConfig:
+        """The phase with the learning rate resolved against ``preset``."""
+        return PhaseConfig(**{**self.model_dump(), "learning_rate": self.learning_rate or preset.branch_phase.learning_rate})
+
+
 class TokenRouterRecipe(StrictModel):
     """How ``moe-experts train-router --kind token`` merges the experts into a sparse MoE and trains its gates."""
 
@@ -448,7 +476,7 @@ class TokenRouterRecipe(StrictModel):
     train: Literal["gates", "all"] = Field(default="gates", description="gates: everything else frozen; all: every weight.")
     top_k: int = Field(default=2, ge=1, description="Experts per token.")
     router_aux_loss_coef: float = Field(default=0.01, ge=0.0, description="Weight of the load-balancing loss.")
-    training: PhaseConfig = PhaseConfig(steps=100, learning_rate=1e-3, warmup_steps=10, schedule="cosine", weight_decay=0.0)
+    training: TokenTraining = TokenTraining()
     health_blocks_per_domain: int = Field(default=16, ge=1, description="Validation blocks per domain for the health check.")
     dead_expert_share: float = Field(
         default=0.05, ge=0.0, lt=1.0, description="An expert under this share of a layer's tokens is dead.")

@@ -207,12 +207,12 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
     ckpt_dir = ws.checkpoints_dir(TOKEN_ROUTER)
     resume_from = prepare_checkpoint_dir(ckpt_dir, what="token router", resume=opts.resume, restart=opts.restart,
                                          inputs=_run_inputs(setup, recipe))
-    phase = recipe.training
+    phase = recipe.training.phase(preset)
     length = phase.steps * preset.batch_size * preset.gradient_accumulation_steps
     dataset = BlockDataset(list(train.values()), preset.seq_len, length, seed=recipe.seed)
-    logger.info("token router: training %s of %s parameters (%s) for %d steps, top-%d of %d experts, aux coef %g",
-                f"{trainable:,}", f"{sum(p.numel() for p in moe.parameters()):,}", recipe.train, phase.steps,
-                recipe.top_k, len(expert_names), recipe.router_aux_loss_coef)
+    logger.info("token router: training %s of %s parameters (%s) for %d steps at peak lr %g, top-%d of %d experts, "
+                "aux coef %g", f"{trainable:,}", f"{sum(p.numel() for p in moe.parameters()):,}", recipe.train,
+                phase.steps, phase.learning_rate, recipe.top_k, len(expert_names), recipe.router_aux_loss_coef)
     result, _ = train_causal_lm(moe, dataset, phase=phase, preset=preset, ckpt_dir=ckpt_dir,
                                       resume_from=resume_from, seed=recipe.seed, what="token router",
                                       callbacks=opts.callbacks)
@@ -239,7 +239,8 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
         "experts": expert_names,
         "merge": {"rest": recipe.merge_rest, "gate_init": recipe.gate_init, "include_seed": recipe.include_seed},
         "recipe": recipe.model_dump(mode="json"),
-        "training": {**vars(result), "trained": recipe.train, "trainable_parameters": trainable,
+        "training": {**vars(result), "learning_rate": phase.learning_rate, "trained": recipe.train,
+                     "trainable_parameters": trainable,
                      "device": device_kind()},
         "health": health,
     })

@@ -38,6 +38,7 @@ def test_checkpoint_loads_with_auto_classes_and_generates(token_routed):
     assert out.shape[1] > ids.shape[1]
     assert manifest["experts"] == list(setup.registry.names)
     assert manifest["training"]["trained"] == "gates"
+    assert manifest["training"]["learning_rate"] == FAST["training"]["learning_rate"]
     n_gate = model.config.num_hidden_layers * model.config.num_local_experts * model.config.hidden_size
     assert manifest["training"]["trainable_parameters"] == n_gate
 

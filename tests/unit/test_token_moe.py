@@ -138,6 +138,22 @@ def test_shipped_token_recipe_is_the_defaults_and_bad_fields_are_named(tmp_path)
         load_token_recipe(bad)
 
 
+def test_learning_rate_defaults_to_the_experts_own(tmp_path):
+    """Omitted, the peak learning rate is the preset's branch-phase rate; given, it is kept; bad values are named."""
+    from moe_experts.config import TokenRouterRecipe, load_preset, load_token_recipe
+
+    for name in ("tiny", "small"):
+        preset = load_preset(name)
+        assert TokenRouterRecipe().training.phase(preset).learning_rate == preset.branch_phase.learning_rate
+    explicit = TokenRouterRecipe.model_validate({"training": {"steps": 50, "learning_rate": 3e-4}})
+    phase = explicit.training.phase(load_preset("tiny"))
+    assert (phase.learning_rate, phase.steps, phase.weight_decay) == (3e-4, 50, 0.0)
+    bad = tmp_path / "token.yaml"
+    bad.write_text("training: {steps: 10, warmup_steps: 10}\n")
+    with pytest.raises(ConfigError, match="warmup_steps must be smaller than steps"):
+        load_token_recipe(bad)
+
+
 def test_a_merge_that_does_not_fit_is_refused_before_it_starts(experts, monkeypatch):
     import os
 
