@@ -1,6 +1,7 @@
 # make demo   set up everything on a fresh machine and run the main job (tiny preset, CPU)
 # make test   run the test suite (sets up the environment first if needed)
-# make bench  run the benchmarks and record their results
+# make bench  run the CPU benchmarks on the demo's workspace (results in benchmarks/results/)
+# make bench-gpu  the token-level router's benchmarks on a GPU, small models (benchmarks/small_btx.sh)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,13 +9,23 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?= tiny
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install system-deps clean
+.PHONY: demo test bench bench-gpu install system-deps clean
 
 demo: install system-deps
 	$(BIN)/moe-experts --preset $(PRESET) quickstart
 
 test: install
 	$(BIN)/python -m pytest -q
+
+bench: demo
+	$(BIN)/python benchmarks/faiss_search.py
+	$(BIN)/python benchmarks/routing_accuracy.py -w runs/$(PRESET)
+	$(BIN)/python benchmarks/routing_latency.py -w runs/$(PRESET)
+	$(BIN)/python benchmarks/embedder_int8.py -w runs/$(PRESET)
+	$(BIN)/python benchmarks/moe_layer.py --tokens 2048 --hidden 256 --ffn 704
+
+bench-gpu: install
+	PY=$(BIN)/python benchmarks/small_btx.sh job
 
 install: $(STAMP)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
-from moe_experts.config import load_preset, load_registry, load_token_recipe  # noqa: E402
+from moe_experts.config import TokenRouterRecipe, load_preset, load_registry, load_token_recipe  # noqa: E402
 from moe_experts.modeling.stages import Setup  # noqa: E402
 from moe_experts.workspace import Workspace, read_json  # noqa: E402
 
@@ -38,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-w", "--workspace", default="runs/small")
     ap.add_argument("--cards", default="experts")
+    ap.add_argument("--preset", default=None, help="preset name or YAML [the one the workspace was opened with]")
     ap.add_argument("--recipe", type=Path, default=None)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--train", choices=["gates", "all"], default=None)
@@ -50,12 +51,14 @@ def main() -> None:
     from moe_experts.routing.train_token import train_token_router
 
     source = Workspace(Path(args.workspace).absolute())
-    preset = load_preset(read_json(source.root / "workspace.json")["preset"])
+    preset = load_preset(args.preset or read_json(source.root / "workspace.json")["preset"])
+    if preset.fingerprint() != read_json(source.root / "workspace.json")["preset_fingerprint"]:
+        sys.exit(f"error: {source.root} was opened with another preset than {preset.name}; pass --preset")
     recipe = load_token_recipe(args.recipe)
-    update = {"training": recipe.training.model_copy(update={"steps": args.steps}), "dead_expert_share": 0.0}
-    if args.train:
-        update["train"] = args.train
-    recipe = recipe.model_copy(update=update)
+    warmup = min(recipe.training.warmup_steps, args.steps // 10)
+    update = {"training": {**recipe.training.model_dump(), "steps": args.steps, "warmup_steps": warmup},
+              "dead_expert_share": 0.0, **({"train": args.train} if args.train else {})}
+    recipe = TokenRouterRecipe.model_validate({**recipe.model_dump(), **update})
     with tempfile.TemporaryDirectory() as tmp:
         # a scratch workspace that shares everything but the routers and checkpoints
         scratch = Workspace(Path(tmp) / "ws")
