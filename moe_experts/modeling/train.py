@@ -164,10 +164,13 @@ def _resumable(trainer_class: Any) -> Any:
     an error instead of a log line.
     """
     import functools
+    import inspect
 
     class ResumableTrainer(trainer_class):  # type: ignore[misc,valid-type]
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            if "save_original_format" not in inspect.signature(type(model).save_pretrained).parameters:
+                return super()._save(output_dir, state_dict)  # transformers 4: one layout only
             model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_original_format=False)
             try:
                 super()._save(output_dir, state_dict)
