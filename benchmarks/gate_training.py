@@ -2,12 +2,14 @@
 
 Target (token-level router issue): report gate-training throughput in tokens/s
 and MFU against the GPU's bf16 peak, for the workspace's token router recipe
-(``--train gates`` by default; ``--train all`` for BTX fine-tuning).
+(``--train all``, BTX fine-tuning, by default; ``--train gates`` freezes everything else).
 
-MFU = 6 x active parameters x tokens/s / peak FLOP/s (the usual 6N rule for a
-forward + backward pass; with frozen weights the backward pass still runs through
-every layer to reach the gates, so the rule holds to within the skipped weight
-gradients). The run merges the experts and trains for ``--steps`` steps through
+MFU = model FLOPs per token x tokens/s / peak FLOP/s, with 6N model FLOPs per
+token (N active parameters) when every weight trains and 4N when only the gates
+do (the backward pass still runs through every layer to reach the gates, but
+frozen weights get no weight gradients). The peak is the GPU's dense bf16
+datasheet number; on a CPU, which has none, the fp32 GEMM throughput measured
+on the same machine. The run merges the experts and trains for ``--steps`` steps through
 the same code as ``moe-experts train-router --kind token``, in a scratch copy of
 the router folder, so the workspace's router is not touched.
 
@@ -32,6 +34,19 @@ from moe_experts.workspace import Workspace, read_json  # noqa: E402
 
 # dense bf16 peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
 BF16_PEAK = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def measured_gemm_flops(torch, n: int = 2048, seconds: float = 3.0) -> float:
+    """FLOP/s of repeated n x n fp32 matrix products on this CPU (its practical peak for this work)."""
+    import time
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.matmul(a, b)
+        done += 1
+    return 2 * n**3 * done / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -75,8 +90,15 @@ def main() -> None:
     t = manifest["training"]
     _, active, _ = model_flops(config, preset.seq_len)
     tokens_per_s = t["tokens"] / t["seconds"]
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()
-    peak = next((v for k, v in BF16_PEAK.items() if k in device), None) if torch.cuda.is_available() else None
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if cuda else cpu_model()
+    if cuda:
+        peak, peak_kind = next((v for k, v in BF16_PEAK.items() if k in device), None), "bf16 datasheet (dense)"
+    else:  # no datasheet number for an arbitrary CPU: the fp32 GEMM throughput measured here
+        peak, peak_kind = measured_gemm_flops(torch), "fp32 GEMM measured on this machine"
+    # model FLOPs per token: forward 2N, backward 2N for the activation gradients, and 2N more for the
+    # weight gradients when every weight trains (frozen weights get none; the gates' own are negligible)
+    flops_per_token = (6 if recipe.train == "all" else 4) * active
     result = {
         "benchmark": "gate_training",
         "date": dt.date.today().isoformat(),
@@ -89,8 +111,10 @@ def main() -> None:
         "tokens_per_second": round(tokens_per_s, 1),
         "active_parameters": active,
         "trainable_parameters": t["trainable_parameters"],
-        "bf16_peak_flops": peak,
-        "mfu": round(6 * active * tokens_per_s / peak, 4) if peak else None,
+        "model_flops_per_token": flops_per_token,
+        "peak_flops": peak,
+        "peak_kind": peak_kind,
+        "mfu": round(flops_per_token * tokens_per_s / peak, 4) if peak else None,
         "health_dead": manifest["health"]["dead"],
     }
     write_result(result, args.out, f"gate_training-{result['date']}-{preset.name}")

@@ -444,10 +444,10 @@ class TokenTraining(StrictModel):
     experts' training, not a fine-tune of a finished model.
     """
 
-    steps: int = Field(default=100, ge=1)
+    steps: int = Field(default=600, ge=1)
     learning_rate: float | None = Field(
         default=None, gt=0.0, le=1.0, description="Peak learning rate [the preset's branch-phase learning rate].")
-    warmup_steps: int = Field(default=10, ge=0)
+    warmup_steps: int = Field(default=20, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -473,7 +473,8 @@ class TokenRouterRecipe(StrictModel):
     gate_init: Literal["hidden", "random"] = Field(
         default="hidden", description="hidden: each expert's mean MoE-input hidden state on its own domain; random: N(0, 0.02).")
     gate_init_blocks_per_domain: int = Field(default=16, ge=1, description="Training blocks per domain for the hidden-state means.")
-    train: Literal["gates", "all"] = Field(default="gates", description="gates: everything else frozen; all: every weight.")
+    train: Literal["gates", "all"] = Field(
+        default="all", description="all: every weight (BTX); gates: the gates only, everything else frozen.")
     top_k: int = Field(default=2, ge=1, description="Experts per token.")
     router_aux_loss_coef: float = Field(default=0.01, ge=0.0, description="Weight of the load-balancing loss.")
     training: TokenTraining = TokenTraining()

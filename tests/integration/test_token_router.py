@@ -13,7 +13,7 @@ from moe_experts.errors import TrainingError
 from moe_experts.routing.train_token import token_router_dir, token_router_status, train_token_router
 from tests.integration.test_cli import run_cli
 
-FAST = {"training": {"steps": 4, "learning_rate": 0.01, "warmup_steps": 0, "weight_decay": 0.0},
+FAST = {"train": "gates", "training": {"steps": 4, "learning_rate": 0.01, "warmup_steps": 0, "weight_decay": 0.0},
         "gate_init_blocks_per_domain": 2, "health_blocks_per_domain": 2}
 
 
