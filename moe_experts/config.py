@@ -262,7 +262,23 @@ class ModelShape(StrictModel):
         return self
 
 
-class PhaseConfig(StrictModel):
+class _Schedule(StrictModel):
+    """Steps, warmup and decay of one training phase (its peak learning rate is the subclass's)."""
+
+    steps: int = Field(ge=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> _Schedule:
+        if self.warmup_steps >= self.steps:
+            raise ValueError("warmup_steps must be smaller than steps")
+        return self
+
+
+class PhaseConfig(_Schedule):
     """One training phase: AdamW for ``steps`` optimiser steps, linear warmup, then ``schedule``.
 
     ``cosine`` decays to ``min_lr_ratio`` of the peak; ``constant`` holds the peak.
@@ -271,18 +287,7 @@ class PhaseConfig(StrictModel):
     branch to re-warm it.
     """
 
-    steps: int = Field(ge=1)
     learning_rate: float = Field(gt=0.0, le=1.0)
-    warmup_steps: int = Field(default=0, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-    weight_decay: float = Field(default=0.1, ge=0.0)
-
-    @model_validator(mode="after")
-    def _check(self) -> PhaseConfig:
-        if self.warmup_steps >= self.steps:
-            raise ValueError("warmup_steps must be smaller than steps")
-        return self
 
 
 class DataConfig(StrictModel):
@@ -435,7 +440,7 @@ class DocRouterRecipe(StrictModel):
         return hash_json(self.model_dump(mode="json"))
 
 
-class TokenTraining(StrictModel):
+class TokenTraining(_Schedule):
     """The token router's training phase; the peak learning rate defaults to the one the experts were trained at.
 
     Measured on ``tiny`` (600 steps, every weight trained): at the experts' own
@@ -448,15 +453,7 @@ class TokenTraining(StrictModel):
     learning_rate: float | None = Field(
         default=None, gt=0.0, le=1.0, description="Peak learning rate [the preset's branch-phase learning rate].")
     warmup_steps: int = Field(default=20, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
-
-    @model_validator(mode="after")
-    def _check(self) -> TokenTraining:
-        if self.warmup_steps >= self.steps:
-            raise ValueError("warmup_steps must be smaller than steps")
-        return self
 
     def phase(self, preset: Preset) -> PhaseConfig:
         """The phase with the learning rate resolved against ``preset``."""

@@ -64,11 +64,11 @@ def token_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
             "preset": setup.preset.fingerprint(), "tokenizer_hash": data.tokenizer_hash, "corpus_hash": data.corpus_hash}
 
 
-def _run_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
-    """What an interrupted training run must share with its resume: the inputs, the recipe field by field
-    (bar the health check's, which runs after training)."""
+def _run_inputs(inputs: dict[str, Any], recipe: TokenRouterRecipe) -> dict[str, Any]:
+    """What an interrupted training run must share with its resume: the router's inputs, with the recipe
+    field by field (bar the health check's, which runs after training)."""
     health = {"health_blocks_per_domain", "dead_expert_share"}
-    return {**token_inputs(setup, recipe), "recipe": recipe.model_dump(mode="json", exclude=health)}
+    return {**inputs, "recipe": recipe.model_dump(mode="json", exclude=health)}
 
 
 def token_router_status(setup: Setup, recipe: TokenRouterRecipe) -> tuple[str, list[str]]:
@@ -177,6 +177,7 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
     loaded = {n: _load(setup, n) for n in dict.fromkeys([*expert_names, *([SEED] if recipe.merge_rest == "seed" else [])])}
     check_mergeable({n: m.model for n, m in loaded.items()}, {n: m.tokenizer for n, m in loaded.items()})
     check_memory(loaded[names[0]].model.config, len(expert_names), len(loaded))
+    inputs = token_inputs(setup, recipe)  # read once: the run record and the manifest
     data = data_inputs(setup)
     domain_of = {c.name: c.domain for c in setup.registry.cards}
     train = {d: load_stream(ws, data.tokenizer_hash, d, "train") for d in setup.registry.domains}
@@ -206,7 +207,7 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
 
     ckpt_dir = ws.checkpoints_dir(TOKEN_ROUTER)
     resume_from = prepare_checkpoint_dir(ckpt_dir, what="token router", resume=opts.resume, restart=opts.restart,
-                                         inputs=_run_inputs(setup, recipe))
+                                         inputs=_run_inputs(inputs, recipe))
     phase = recipe.training.phase(preset)
     length = phase.steps * preset.batch_size * preset.gradient_accumulation_steps
     dataset = BlockDataset(list(train.values()), preset.seq_len, length, seed=recipe.seed)
@@ -235,7 +236,7 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
     manifest = save_checkpoint(moe, tokenizer, token_router_dir(ws.root), {
         "name": "token-router",
         "kind": "token",
-        "inputs": token_inputs(setup, recipe),
+        "inputs": inputs,
         "experts": expert_names,
         "merge": {"rest": recipe.merge_rest, "gate_init": recipe.gate_init, "include_seed": recipe.include_seed},
         "recipe": recipe.model_dump(mode="json"),
