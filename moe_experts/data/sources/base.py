@@ -74,11 +74,11 @@ class Source(ABC):
         """What this source was read from (paths, package versions); recorded in manifests."""
         return {"kind": self.kind, **self.params.model_dump(mode="json", exclude={"kind"})}
 
-    def unavailable(self, what: str) -> SourceUnavailableError:
-        """Build the error for a missing source, with this source's install hint."""
+    def unavailable(self, what: str, *, hint: str | None = None) -> SourceUnavailableError:
+        """Build the error for a missing source, with ``hint`` or else this source's install hint."""
         return SourceUnavailableError(
             f"corpus source '{self.kind}' is not available: {what}",
-            hint=self.install_hint or None,
+            hint=hint or self.install_hint or None,
         )
 
 
