@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -263,23 +265,38 @@ class ModelShape(StrictModel):
 
 
 class _Schedule(StrictModel):
-    """Steps, warmup and decay of one training phase (its peak learning rate is the subclass's)."""
+    """Warmup and decay of one training phase (its budget and peak learning rate are the subclass's)."""
 
-    steps: int = Field(ge=1)
     warmup_steps: int = Field(default=0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.1, ge=0.0)
 
-    @model_validator(mode="after")
-    def _check(self) -> _Schedule:
-        if self.warmup_steps >= self.steps:
-            raise ValueError("warmup_steps must be smaller than steps")
-        return self
+
+@dataclass(frozen=True)
+class Budget:
+    """A phase's budget resolved against its data: optimiser steps, and why that many."""
+
+    steps: int
+    warmup_steps: int
+    planned_steps: int  # before the repeats cap
+    capped: bool  # the cap on repeats of the smallest domain cut the budget
+    epochs: dict[str, float]  # domain -> passes over its train tokens at ``steps``
+
+    def describe(self) -> str:
+        passes = ", ".join(f"{d} {e:.2f}" for d, e in self.epochs.items())
+        cap = f" (capped from {self.planned_steps} by max_epochs)" if self.capped else ""
+        return f"{self.steps} steps{cap}; epochs per domain: {passes}"
 
 
 class PhaseConfig(_Schedule):
-    """One training phase: AdamW for ``steps`` optimiser steps, linear warmup, then ``schedule``.
+    """One training phase: AdamW for a budget of steps, tokens or epochs; linear warmup, then ``schedule``.
+
+    The budget is data-aware: ``tokens`` and ``epochs`` are turned into steps
+    against the phase's data, and ``max_epochs`` caps the passes over any one
+    domain's train tokens (a small domain is not repeated eight times because a
+    step count was chosen for a large one). ``epochs`` of a mixture counts
+    passes over all its domains' tokens together.
 
     ``cosine`` decays to ``min_lr_ratio`` of the peak; ``constant`` holds the peak.
     A constant seed followed by cosine branches is a warmup-stable-decay run
@@ -288,7 +305,58 @@ class PhaseConfig(_Schedule):
     """
 
     learning_rate: float = Field(gt=0.0, le=1.0)
+    steps: int | None = Field(default=None, ge=1, description="Budget in optimiser steps.")
+    tokens: int | None = Field(default=None, ge=1, description="Budget in training tokens.")
+    epochs: float | None = Field(default=None, gt=0.0, description="Budget in passes over the phase's train tokens.")
+    max_epochs: float | None = Field(
+        default=None, gt=0.0, description="Cap on the passes over any one domain's train tokens.")
 
+    @model_validator(mode="after")
+    def _check(self) -> PhaseConfig:
+        given = [k for k in ("steps", "tokens", "epochs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one budget of steps, tokens or epochs (got {', '.join(given) or 'none'})")
+        if self.steps is not None and self.warmup_steps >= self.steps:
+            raise ValueError("warmup_steps must be smaller than steps")
+        return self
+
+    def resolve(self, tokens_per_step: int, domain_tokens: Mapping[str, int]) -> Budget:
+        """The budget in steps for this data; each domain gets an equal share of every step."""
+        if not domain_tokens or min(domain_tokens.values()) <= 0:
+            raise ValueError("a training phase needs at least one domain with training tokens")
+        n = len(domain_tokens)
+        if self.steps is not None:
+            planned = self.steps
+        elif self.tokens is not None:
+            planned = math.ceil(self.tokens / tokens_per_step)
+        else:
+            assert self.epochs is not None
+            planned = math.ceil(self.epochs * sum(domain_tokens.values()) / tokens_per_step)
+        steps = planned
+        if self.max_epochs is not None:
+            # uniform mixture: the smallest domain is the one repeated most
+            cap = math.floor(self.max_epochs * n * min(domain_tokens.values()) / tokens_per_step)
+            steps = max(1, min(planned, cap))
+        # a budget cut short (or resolved small) keeps its warmup a small share of the run
+        warmup = self.warmup_steps if self.warmup_steps < max(steps // 2, 1) else steps // 10
+        epochs = {d: steps * tokens_per_step / n / t for d, t in domain_tokens.items()}
+        return Budget(steps=steps, warmup_steps=warmup, planned_steps=planned, capped=steps < planned, epochs=epochs)
+
+
+class ValidationConfig(StrictModel):
+    """Validation during training: bits per byte on the val split, early stopping, best-checkpoint selection.
+
+    The model kept is the best one validation saw, the starting point
+    included: an expert is never saved worse, on its own domain, than the
+    model it was branched from.
+    """
+
+    every_steps: int | None = Field(
+        default=None, ge=1, description="Validate every this many optimiser steps (None: never; the last step is kept).")
+    patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many validations without improvement (None: never stop early).")
+    tokens_per_domain: int = Field(default=8192, ge=64, description="Validation tokens per domain.")
+    min_delta: float = Field(default=0.0, ge=0.0, description="An improvement is at least this many bits per byte.")
 
 class DataConfig(StrictModel):
     val_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
@@ -313,6 +381,11 @@ class Preset(StrictModel):
     branch_phase: PhaseConfig
     generalist_learning_rate: float = Field(gt=0.0, le=1.0)
     generalist_warmup_steps: int = Field(default=0, ge=0)
+    validation: ValidationConfig = ValidationConfig()
+    branch_trunk: Literal["train", "frozen"] = Field(
+        default="train",
+        description="frozen: branches train only their FFNs, sharing the seed's attention, norms, embeddings and "
+        "head (DEMix); the token-level merge is then exact.")
     parameter_matched_generalist: bool = False
     save_steps: int = Field(default=200, ge=1)
     logging_steps: int = Field(default=10, ge=1)
@@ -324,12 +397,13 @@ class Preset(StrictModel):
     def tokens_per_step(self) -> int:
         return self.seq_len * self.batch_size * self.gradient_accumulation_steps
 
-    def generalist_phase(self, n_branches: int) -> PhaseConfig:
-        """The compute-matched generalist: as many optimiser steps (and so tokens) as seed plus all branches."""
+    def generalist_phase(self, tokens: int) -> PhaseConfig:
+        """The compute-matched generalist: trained on the mixture for ``tokens`` tokens (what seed and branches consumed)."""
+        steps = max(1, math.ceil(tokens / self.tokens_per_step))
         return PhaseConfig(
-            steps=self.seed_phase.steps + n_branches * self.branch_phase.steps,
+            steps=steps,
             learning_rate=self.generalist_learning_rate,
-            warmup_steps=self.generalist_warmup_steps,
+            warmup_steps=min(self.generalist_warmup_steps, steps - 1),
             weight_decay=self.seed_phase.weight_decay,
         )
 
@@ -454,6 +528,12 @@ class TokenTraining(_Schedule):
         default=None, gt=0.0, le=1.0, description="Peak learning rate [the preset's branch-phase learning rate].")
     warmup_steps: int = Field(default=20, ge=0)
     weight_decay: float = Field(default=0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenTraining:
+        if self.warmup_steps >= self.steps:
+            raise ValueError("warmup_steps must be smaller than steps")
+        return self
 
     def phase(self, preset: Preset) -> PhaseConfig:
         """The phase with the learning rate resolved against ``preset``."""

@@ -1,9 +1,10 @@
 """Branch-Train-Merge pretraining of the starter experts, and the generalist baselines.
 
 - seed: one model trained on the mixture of every domain's train split;
-- experts: one copy of the seed per starter card, trained further on its own domain only;
-- generalist: a model of the same shape trained on the mixture for as many
-  optimiser steps (and so tokens) as the seed and every branch together
+- experts: one copy of the seed per starter card, trained further on its own domain only
+  (with ``branch_trunk: frozen``, only its FFNs: DEMix-style shared trunk);
+- generalist: a model of the same shape trained on the mixture for as many tokens
+  as the seed and every branch consumed (early stopping included)
   (compute-matched); with ``parameter_matched_generalist`` also one as large as
   all experts together, on the same tokens.
 
@@ -24,7 +25,8 @@ from moe_experts.config import ExpertCard, ExpertRegistry, ModelShape, PhaseConf
 from moe_experts.data.build import require_corpora
 from moe_experts.data.tokenizer import load_stream, load_tokenizer, require_tokenizer
 from moe_experts.modeling.checkpoints import count_parameters, load_checkpoint, new_model, save_checkpoint, verify_checkpoint
-from moe_experts.modeling.train import BlockDataset, TrainResult, prepare_checkpoint_dir, train_causal_lm
+from moe_experts.modeling.train import BlockDataset, prepare_checkpoint_dir, train_causal_lm
+from moe_experts.modeling.validation import validation_callback, validation_set
 from moe_experts.errors import MissingArtifactError, StaleArtifactError
 from moe_experts.workspace import MANIFEST, Workspace, check_inputs, read_json
 
@@ -124,45 +126,68 @@ def _train_and_save(
     name: str,
     model: Any,
     tokenizer: Any,
-    streams: list[Any],
+    data: DataInputs,
+    domains: Sequence[str],
     phase: PhaseConfig,
     inputs: dict[str, Any],
     opts: TrainOptions,
     extra: dict[str, Any],
+    tokens_before: int = 0,
 ) -> dict[str, Any]:
+    """Train on the uniform mixture of ``domains`` for ``phase``'s budget, validate, save the best weights.
+
+    ``tokens_before``: training tokens the starting weights had already seen (a branch's seed).
+    """
     ws, preset = setup.workspace, setup.preset
+    streams = {d: load_stream(ws, data.tokenizer_hash, d, "train") for d in domains}
+    budget = phase.resolve(preset.tokens_per_step * _world_size(), {d: len(s) for d, s in streams.items()})
+    run = phase.model_copy(update={"steps": budget.steps, "tokens": None, "epochs": None,
+                                   "warmup_steps": budget.warmup_steps})
     ckpt_dir = ws.checkpoints_dir(name)
     resume_from = prepare_checkpoint_dir(ckpt_dir, what=name, resume=opts.resume, restart=opts.restart, inputs=inputs)
-    length = phase.steps * preset.batch_size * preset.gradient_accumulation_steps * _world_size()
-    dataset = BlockDataset(streams, preset.seq_len, length, seed=preset.seed)
-    logger.info(
-        "%s: training %s parameters for %d steps (%s tokens)",
-        name, f"{count_parameters(model):,}", phase.steps, f"{phase.steps * preset.tokens_per_step * _world_size():,}",
-    )
+    length = run.steps * preset.batch_size * preset.gradient_accumulation_steps * _world_size()
+    dataset = BlockDataset(list(streams.values()), preset.seq_len, length, seed=preset.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("%s: training %s of %s parameters for %s (%s tokens)", name, f"{trainable:,}",
+                f"{count_parameters(model):,}", budget.describe(), f"{run.steps * preset.tokens_per_step * _world_size():,}")
+    validation = None
+    callbacks = list(opts.callbacks)
+    if preset.validation.every_steps is not None:
+        val_streams = {d: load_stream(ws, data.tokenizer_hash, d, "val") for d in domains}
+        val = validation_set(val_streams, tokenizer, seq_len=preset.seq_len,
+                             tokens_per_domain=preset.validation.tokens_per_domain)
+        validation = validation_callback(model, val, preset.validation, what=name, batch_size=preset.batch_size,
+                                         resume_from=resume_from)
+        callbacks.insert(0, validation)
     result, trainer = train_causal_lm(
-        model, dataset, phase=phase, preset=preset, ckpt_dir=ckpt_dir, resume_from=resume_from,
-        seed=preset.seed, what=name, callbacks=opts.callbacks,
+        model, dataset, phase=run, preset=preset, ckpt_dir=ckpt_dir, resume_from=resume_from,
+        seed=preset.seed, what=name, callbacks=callbacks,
     )
+    kept_step = result.steps
+    if validation is not None:
+        validation.restore_best(result.steps)
+        kept_step = validation.state.best_step
+    kept_tokens = kept_step * preset.tokens_per_step * _world_size()
+    training = {
+        **vars(result), **run.model_dump(exclude={"steps", "tokens", "epochs", "max_epochs"}),
+        "budget": {**phase.model_dump(include={"steps", "tokens", "epochs", "max_epochs"}, exclude_none=True),
+                   "planned_steps": budget.planned_steps, "resolved_steps": budget.steps, "capped": budget.capped,
+                   "epochs_per_domain": {d: round(e, 4) for d, e in budget.epochs.items()}},
+        "validation": validation.state.to_json() if validation is not None else None,
+        "kept_step": kept_step,
+        "kept_tokens": kept_tokens,
+        # what the kept weights have been trained on, from random initialisation
+        "tokens_seen": tokens_before + kept_tokens,
+    }
     manifest: dict[str, Any] = {}
     if _is_main_process():
-        manifest = save_checkpoint(
-            model,
-            tokenizer,
-            ws.model_dir(name),
-            {"name": name, "inputs": inputs, "training": _result_json(result, phase), **extra},
-        )
+        manifest = save_checkpoint(model, tokenizer, ws.model_dir(name),
+                                   {"name": name, "inputs": inputs, "training": training, **extra})
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        logger.info("%s: done in %.1f s, loss %.3f -> %.3f", name, result.seconds, result.first_loss, result.last_loss)
+        logger.info("%s: done in %.1f s, loss %.3f -> %.3f; kept step %d of %d", name, result.seconds,
+                    result.first_loss, result.last_loss, kept_step, result.steps)
     trainer.accelerator.wait_for_everyone()
     return manifest
-
-
-def _result_json(result: TrainResult, phase: PhaseConfig) -> dict[str, Any]:
-    return {**vars(result), **phase.model_dump(exclude={"steps"})}
-
-
-def _mixture(setup: Setup, data: DataInputs) -> list[Any]:
-    return [load_stream(setup.workspace, data.tokenizer_hash, d, "train") for d in setup.registry.domains]
 
 
 # --------------------------------------------------------------------------- stages
@@ -176,7 +201,7 @@ def train_seed(setup: Setup, opts: TrainOptions = TrainOptions()) -> Built:
         tokenizer = load_tokenizer(setup.workspace.tokenizer_dir)
         model = new_model(setup.preset, tokenizer, seed=setup.preset.seed)
         return _train_and_save(
-            setup, SEED, model, tokenizer, _mixture(setup, data), setup.preset.seed_phase, inputs, opts,
+            setup, SEED, model, tokenizer, data, setup.registry.domains, setup.preset.seed_phase, inputs, opts,
             {"role": "seed", "domains": setup.registry.domains},
         )
 
@@ -212,20 +237,52 @@ def _train_branch(
 
     def build() -> dict[str, Any]:
         loaded = load_checkpoint(setup.workspace.model_dir(SEED))
-        stream = load_stream(setup.workspace, data.tokenizer_hash, card.domain, "train")
+        frozen = freeze_trunk(loaded.model) if setup.preset.branch_trunk == "frozen" else 0
         return _train_and_save(
-            setup, card.name, loaded.model, loaded.tokenizer, [stream], setup.preset.branch_phase, inputs, opts,
-            {"role": "expert", "domains": [card.domain]},
+            setup, card.name, loaded.model, loaded.tokenizer, data, [card.domain], setup.preset.branch_phase, inputs,
+            opts, {"role": "expert", "domains": [card.domain], "trunk": setup.preset.branch_trunk,
+                   "frozen_parameters": frozen},
+            # a seed built before tokens were recorded kept its last step
+            tokens_before=tokens_seen(seed_manifest) or int(seed_manifest["training"]["tokens"]),
         )
 
     return _reuse_or_build(setup, card.name, inputs, opts, build)
+
+
+def freeze_trunk(model: Any) -> int:
+    """Freeze everything but the FFNs (DEMix): attention, norms, embeddings and head stay the seed's; frozen count."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if ".mlp." not in name:
+            param.requires_grad = False
+            frozen += param.numel()
+    return frozen
+
+
+def tokens_seen(manifest: dict[str, Any]) -> int | None:
+    """Training tokens behind a starter checkpoint's weights, from random initialisation (None: not recorded)."""
+    seen = manifest.get("training", {}).get("tokens_seen")
+    return None if seen is None else int(seen)
+
+
+def consumed_tokens(setup: Setup) -> dict[str, int]:
+    """Training tokens the seed and every starter branch consumed (computed on, kept or not), by model name."""
+    names = [SEED, *[c.name for c in setup.registry.starters]]
+    missing = [n for n in names if not (setup.workspace.model_dir(n) / MANIFEST).exists()]
+    if missing:
+        raise MissingArtifactError(
+            f"the compute-matched generalist is trained on as many tokens as the seed and the experts consumed, "
+            f"and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not trained yet",
+            hint="run `moe-experts train seed` and `moe-experts train experts` first (or `moe-experts quickstart`)",
+        )
+    return {n: int(model_manifest(setup, n)["training"]["tokens"]) for n in names}
 
 
 def train_generalists(setup: Setup, opts: TrainOptions = TrainOptions()) -> list[Built]:
     """The compute-matched generalist, and the parameter-matched one when the preset asks for it."""
     data = data_inputs(setup)
     n_branches = len(setup.registry.starters)
-    phase = setup.preset.generalist_phase(n_branches)
+    phase = setup.preset.generalist_phase(sum(consumed_tokens(setup).values()))
     out = [_train_generalist(setup, data, GENERALIST, setup.preset.model, phase, opts, "compute")]
     if setup.preset.parameter_matched_generalist:
         vocab = len(load_tokenizer(setup.workspace.tokenizer_dir))
@@ -244,8 +301,9 @@ def _train_generalist(
         tokenizer = load_tokenizer(setup.workspace.tokenizer_dir)
         model = new_model(setup.preset, tokenizer, seed=setup.preset.seed, shape=shape)
         return _train_and_save(
-            setup, name, model, tokenizer, _mixture(setup, data), phase, inputs, opts,
-            {"role": "generalist", "matched": matched, "domains": setup.registry.domains},
+            setup, name, model, tokenizer, data, setup.registry.domains, phase, inputs, opts,
+            {"role": "generalist", "matched": matched, "domains": setup.registry.domains,
+             "matched_to": consumed_tokens(setup)},
         )
 
     return _reuse_or_build(setup, name, inputs, opts, build)

@@ -119,9 +119,17 @@ def test_experts_branch_from_the_seed_and_generalist_is_compute_matched(trained_
         assert m["domains"] == [card.domain]
         branch_tokens += m["training"]["tokens"]
     generalist = model_manifest(trained_setup, GENERALIST)
+    # matched to the tokens seed and branches consumed (micro's budgets divide into whole steps)
     assert generalist["training"]["tokens"] == seed["training"]["tokens"] + branch_tokens
+    assert generalist["matched_to"] == {SEED: seed["training"]["tokens"],
+                                        **{c.name: model_manifest(trained_setup, c.name)["training"]["tokens"]
+                                           for c in trained_setup.registry.starters}}
     assert generalist["training"]["steps"] == trained_setup.preset.seed_phase.steps + n * trained_setup.preset.branch_phase.steps
     assert generalist["parameters"] == seed["parameters"]
+    # the tokens behind each kept model: an expert's include its seed's
+    for card in trained_setup.registry.starters:
+        m = model_manifest(trained_setup, card.name)["training"]
+        assert m["tokens_seen"] == seed["training"]["tokens_seen"] + m["kept_tokens"]
 
 
 def test_second_run_reuses_everything(trained_setup):
@@ -221,13 +229,13 @@ def test_resume_after_interruption_reaches_the_same_model(micro_setup, tmp_path)
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
-def test_restart_discards_the_interrupted_run(micro_setup, tmp_path):
+def test_restart_discards_the_interrupted_run(trained_setup, tmp_path):
     from moe_experts.modeling.stages import Setup
     from moe_experts.workspace import Workspace
 
-    root = tmp_path / "ws"
-    shutil.copytree(micro_setup.workspace.root, root, ignore=shutil.ignore_patterns("models", "checkpoints"))
-    setup = Setup(workspace=Workspace(root), registry=micro_setup.registry, preset=micro_setup.preset)
+    root = tmp_path / "ws"  # seed and experts, which the generalist is matched to; no generalist
+    shutil.copytree(trained_setup.workspace.root, root, ignore=shutil.ignore_patterns("generalist*", "checkpoints"))
+    setup = Setup(workspace=Workspace(root), registry=trained_setup.registry, preset=trained_setup.preset)
     leftover = setup.workspace.checkpoints_dir(GENERALIST) / "checkpoint-4"
     leftover.mkdir(parents=True)
     with pytest.raises(TrainingError, match="--restart"):
@@ -237,14 +245,14 @@ def test_restart_discards_the_interrupted_run(micro_setup, tmp_path):
     assert not setup.workspace.checkpoints_dir(GENERALIST).exists()
 
 
-def test_parameter_matched_generalist(micro_setup, tmp_path):
+def test_parameter_matched_generalist(trained_setup, tmp_path):
     from moe_experts.modeling.stages import GENERALIST_PARAMS, Setup, llama_parameters
     from moe_experts.workspace import Workspace
 
     root = tmp_path / "ws"
-    shutil.copytree(micro_setup.workspace.root, root, ignore=shutil.ignore_patterns("models", "checkpoints"))
-    preset = micro_setup.preset.model_copy(update={"parameter_matched_generalist": True})
-    setup = Setup(workspace=Workspace(root), registry=micro_setup.registry, preset=preset)
+    shutil.copytree(trained_setup.workspace.root, root, ignore=shutil.ignore_patterns("generalist*", "checkpoints"))
+    preset = trained_setup.preset.model_copy(update={"parameter_matched_generalist": True})
+    setup = Setup(workspace=Workspace(root), registry=trained_setup.registry, preset=preset)
     built = {b.name: b for b in train_generalists(setup)}
     assert set(built) == {GENERALIST, GENERALIST_PARAMS}
     compute, params = built[GENERALIST].manifest, built[GENERALIST_PARAMS].manifest

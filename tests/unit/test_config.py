@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from moe_experts.config import (
     PRESETS_DIR,
@@ -153,3 +154,22 @@ def test_unknown_preset_lists_shipped(tmp_path: Path):
     bad.write_text(yaml.safe_dump({**yaml.safe_load((PRESETS_DIR / "micro.yaml").read_text()), "seq_len": 0}))
     with pytest.raises(ConfigError, match="seq_len"):
         load_preset(str(bad))
+
+
+def test_phase_budgets_resolve_against_the_data():
+    from moe_experts.config import PhaseConfig
+
+    domains = {"big": 100_000, "small": 10_000}
+    steps = PhaseConfig(steps=50, learning_rate=1e-3).resolve(1_000, domains)
+    assert (steps.steps, steps.capped) == (50, False)
+    assert steps.epochs == {"big": 0.25, "small": 2.5}  # each step is half one domain, half the other
+    assert PhaseConfig(tokens=12_345, learning_rate=1e-3).resolve(1_000, domains).steps == 13
+    assert PhaseConfig(epochs=2, learning_rate=1e-3).resolve(1_000, domains).steps == 220
+    capped = PhaseConfig(steps=500, max_epochs=3, warmup_steps=100, learning_rate=1e-3).resolve(1_000, domains)
+    assert (capped.steps, capped.planned_steps, capped.capped) == (60, 500, True)  # 3 passes over 'small'
+    assert capped.epochs["small"] == 3.0
+    assert capped.warmup_steps == 6  # a warmup longer than half the cut run shrinks to a tenth of it
+    with pytest.raises(ValidationError, match="exactly one budget"):
+        PhaseConfig(steps=5, tokens=10, learning_rate=1e-3)
+    with pytest.raises(ValidationError, match="exactly one budget"):
+        PhaseConfig(learning_rate=1e-3)
