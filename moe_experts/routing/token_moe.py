@@ -144,6 +144,10 @@ def merge_experts(experts: Sequence[Any], rest: Sequence[Any], spec: MergeSpec) 
     merged: dict[str, torch.Tensor] = {}
 
     def mean(key: str) -> torch.Tensor:
+        first = rest_states[0][key].float()
+        # shared-trunk branches (DEMix) carry the seed's tensors unchanged: copy them, so the merge stays exact
+        if all(torch.equal(s[key].float(), first) for s in rest_states[1:]):
+            return first.clone()
         return torch.stack([s[key].float() for s in rest_states]).mean(dim=0)
 
     for key in ("model.embed_tokens.weight", "model.norm.weight"):

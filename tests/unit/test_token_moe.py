@@ -164,3 +164,57 @@ def test_a_merge_that_does_not_fit_is_refused_before_it_starts(experts, monkeypa
     monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
     with pytest.raises(ConfigError, match=r"the merge needs about .* GiB of memory"):
         check_memory(experts[0].config, 4, 4)
+
+
+def _force_gate(moe, expert: int) -> None:
+    """Route every token of every layer to ``expert`` with weight one, whatever the gate's weights."""
+    for layer in moe.model.layers:
+        gate = layer.mlp.gate
+
+        def forced(hidden, gate=gate):
+            h = hidden.reshape(-1, gate.hidden_dim)
+            index = torch.full((h.shape[0], gate.top_k), expert, dtype=torch.long)  # (N, k)
+            weights = torch.zeros(h.shape[0], gate.top_k)
+            weights[:, 0] = 1.0  # the other top-k slots, if any, weigh nothing
+            return torch.zeros(h.shape[0], gate.num_experts), weights, index
+
+        gate.forward = forced
+
+
+def _branch_ffns(seed, n: int):
+    """Copies of ``seed`` whose FFNs alone moved, as a shared-trunk (DEMix) branch leaves them."""
+    import copy
+
+    branches = []
+    for i in range(n):
+        branch = copy.deepcopy(seed)
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            for name, param in branch.named_parameters():
+                if ".mlp." in name:
+                    param.add_(torch.randn_like(param) * 0.05)
+        branches.append(branch)
+    return branches
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_shared_trunk_merge_is_exact_whole_model(top_k):
+    """With attention, norms and embeddings shared, a gate forced to expert i gives expert i's whole-model logits."""
+    branches = _branch_ffns(llama(5), 3)
+    moe = merge_experts(branches, branches, MergeSpec(experts=tuple("abc"), top_k=top_k))
+    ids = torch.randint(3, SHAPE["vocab_size"], (2, 24))
+    for i, branch in enumerate(branches):
+        _force_gate(moe, i)
+        with torch.no_grad():
+            # equal up to float rounding: the fused gate_up matmul sums in another order than Llama's two
+            assert torch.allclose(moe(input_ids=ids).logits, branch(input_ids=ids).logits, atol=1e-5, rtol=0), i
+
+
+def test_full_branches_merge_is_not_any_expert():
+    """The contrast that makes the test above meaningful: with diverged attention the average fits no expert."""
+    experts = [llama(s) for s in range(3)]
+    moe = merge_experts(experts, experts, MergeSpec(experts=tuple("abc"), top_k=1))
+    ids = torch.randint(3, SHAPE["vocab_size"], (2, 24))
+    _force_gate(moe, 0)
+    with torch.no_grad():
+        assert not torch.allclose(moe(input_ids=ids).logits, experts[0](input_ids=ids).logits, atol=1e-3)
