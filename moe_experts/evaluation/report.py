@@ -135,12 +135,17 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 continue
             rows.append([s, _int(c["total_params"]), _int(c.get("router_params")) if c.get("router_params") else "",
                          _int(c["active_params"]), _int(c["flops_per_token"]),
+                         _int(c["training_tokens"]) if c.get("training_tokens") is not None else "",
                          _f(c["routing_ms_p50"], 1), _f(c["routing_ms_p99"], 1), _f(c["tokens_per_second"], 1)])
         out.append(Table("Cost", ["system", "parameters", "router parameters", "active per token", "FLOPs per token",
-                                  "routing p50 ms",
+                                  "training tokens", "routing p50 ms",
                                   "routing p99 ms", "generation tokens/s"], rows,
                          ["FLOPs: forward pass at a full context; router parameters (the embedder) run once per "
-                          "request, not per token; routing: one request at a time (embed + search + classifier); tokens/s: greedy, one prompt at a time, on " + report["machine"]["device"]]))
+                          "request, not per token; training tokens: behind the weights scored (a routed system's "
+                          "experts: their seed's once, plus each branch's; the MoE adds its own training), so a "
+                          "comparison says whether it is at equal tokens; routing: one request at a time "
+                          "(embed + search + classifier); tokens/s: greedy, one prompt at a time, on "
+                          + report["machine"]["device"]]))
     for name, load in report.get("expert_load", {}).items():
         experts = load["experts"]
         rows = []

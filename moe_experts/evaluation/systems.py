@@ -26,9 +26,9 @@ import numpy as np
 from moe_experts.errors import MoeExpertsError
 from moe_experts.evaluation.scoring import DocScores, count_windows, mixture_logprobs, scores_from_logprobs, token_logprobs
 from moe_experts.modeling.checkpoints import LoadedModel, load_checkpoint, load_pretrained
-from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup
+from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, tokens_seen
 from moe_experts.progress import Progress
-from moe_experts.workspace import MANIFEST
+from moe_experts.workspace import MANIFEST, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,23 @@ Loader = Callable[[str], LoadedModel]  # device -> loaded model
 
 
 # ---------------------------------------------------------------------------- cost helpers
+def _manifest(folder: Path | None) -> dict[str, Any] | None:
+    return read_json(folder / MANIFEST) if folder is not None and (folder / MANIFEST).exists() else None
+
+
+def experts_training_tokens(ctx: EvalContext, names: list[str]) -> int | None:
+    """Training tokens behind a set of starter experts: their seed's once, plus each branch's own.
+
+    None when any of them is a pretrained model or was built before tokens were recorded.
+    """
+    seed = _manifest(ctx.setup.workspace.model_dir(SEED))
+    seen = [tokens_seen(m) if m else None for m in (_manifest(ctx.setup.workspace.model_dir(n)) for n in names)]
+    seed_seen = tokens_seen(seed) if seed else None
+    if seed_seen is None or any(t is None for t in seen):
+        return None
+    return seed_seen + sum(t - seed_seen for t in seen)  # type: ignore[operator]
+
+
 def model_flops(config: Any, context: int) -> tuple[int, int, int]:
     """(total parameters, active parameters, forward FLOPs per token) of a Llama/Mixtral-style config.
 
@@ -343,7 +360,12 @@ class ModelSystem:
         info = ctx.info(self.key)
         return {"total_params": info.parameters, "active_params": info.active_parameters,
                 "flops_per_token": info.flops_per_token, "routing_ms_p50": None, "routing_ms_p99": None,
-                "tokens_per_second": info.tokens_per_second}
+                "tokens_per_second": info.tokens_per_second, "training_tokens": self.training_tokens(ctx)}
+
+    def training_tokens(self, ctx: EvalContext) -> int | None:
+        """Training tokens behind the weights scored (None: a pretrained model, or an older manifest)."""
+        manifest = _manifest(self.folder)
+        return tokens_seen(manifest) if manifest else None
 
 
 def _expert_keys(ctx: EvalContext) -> dict[str, str]:
@@ -382,11 +404,13 @@ class OracleSystem:
         return out
 
     def cost(self, ctx: EvalContext) -> dict[str, Any]:
-        infos = [ctx.info(f"expert:{ctx.setup.registry.by_domain(d).name}") for d in ctx.domains]
+        names = [ctx.setup.registry.by_domain(d).name for d in ctx.domains]
+        infos = [ctx.info(f"expert:{n}") for n in names]
         return {"total_params": sum({id(i): i.parameters for i in infos}.values()),
                 "active_params": max(i.active_parameters for i in infos),
                 "flops_per_token": max(i.flops_per_token for i in infos), "routing_ms_p50": None,
-                "routing_ms_p99": None, "tokens_per_second": None}
+                "routing_ms_p99": None, "tokens_per_second": None,
+                "training_tokens": experts_training_tokens(ctx, names)}
 
 
 @dataclass
@@ -454,7 +478,8 @@ class DocRoutedSystem:
                 "router_params": sum(p.numel() for p in embedder.parameters()),  # runs once per request
                 "active_params": self.top_k * one.active_parameters,
                 "flops_per_token": self.top_k * one.flops_per_token,
-                "routing_ms_p50": p50, "routing_ms_p99": p99, "tokens_per_second": speed}
+                "routing_ms_p50": p50, "routing_ms_p99": p99, "tokens_per_second": speed,
+                "training_tokens": experts_training_tokens(ctx, ctx.setup.registry.names)}
 
 
 LOAD_BLOCKS_PER_DOMAIN = 16  # test blocks per domain for the token-level MoE's expert-load heatmap
@@ -471,6 +496,14 @@ class TokenMoESystem(ModelSystem):
     def expert_load(self, ctx: EvalContext) -> dict[str, Any]:
         """Per layer, each expert's share of every domain's test tokens (top-k slots), entropy, dead experts."""
         return ctx.extra(self.key)
+
+    def training_tokens(self, ctx: EvalContext) -> int | None:
+        """The experts' training tokens, plus the merged model's own training."""
+        manifest = _manifest(self.folder)
+        if manifest is None:
+            return None
+        experts = experts_training_tokens(ctx, [n for n in manifest.get("experts", []) if n != SEED])
+        return None if experts is None else experts + int(manifest["training"]["tokens"])
 
 
 def _expert_load(ctx: EvalContext, loaded: LoadedModel) -> dict[str, Any]:
@@ -498,7 +531,7 @@ def default_systems(setup: Setup, *, top_k: int = 2) -> list[System]:
     """Every system the evaluator knows, in report column order (the missing ones are skipped later)."""
     ws = setup.workspace
     systems: list[System] = [
-        ModelSystem(GENERALIST, "dense", "compute-matched generalist (same training steps as seed + all branches)",
+        ModelSystem(GENERALIST, "dense", "compute-matched generalist (as many training tokens as seed + all branches consumed)",
                     GENERALIST, ws.model_dir(GENERALIST), "build it with `moe-experts train generalist`"),
         ModelSystem(GENERALIST_PARAMS, "dense", "parameter-matched generalist (as many parameters as all experts)",
                     GENERALIST_PARAMS, ws.model_dir(GENERALIST_PARAMS),
