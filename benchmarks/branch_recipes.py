@@ -1,0 +1,134 @@
+"""Branch recipes compared: full branches (BTM) against shared-trunk branches (DEMix), and the MoE each merges into.
+
+From one workspace that has corpora, a tokenizer and a seed, each variant gets
+its own copy of the workspace (seed included), trains the starter experts, and
+is scored on the validation split of every domain (the sanity check's documents
+and scorer): each expert alone, the oracle (each domain's own expert), the
+seed, the compute-matched generalist, and the token-level MoE merged from that
+variant's experts under each token recipe asked for.
+
+    python benchmarks/branch_recipes.py -w runs/tiny --token-recipes all,gates
+    python benchmarks/branch_recipes.py -w runs/micro --preset micro --token-steps 4   # dry run
+
+Writes ``benchmarks/results/branch_recipes-<date>-<preset>.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
+from moe_experts.config import TokenRouterRecipe, load_preset, load_registry  # noqa: E402
+from moe_experts.modeling.checkpoints import load_checkpoint  # noqa: E402
+from moe_experts.modeling.sanity import eval_documents, score_texts  # noqa: E402
+from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions, train_experts, train_generalists  # noqa: E402
+from moe_experts.workspace import Workspace  # noqa: E402
+
+logger = logging.getLogger("branch_recipes")
+
+
+def variant_setup(base: Setup, root: Path, trunk: str) -> Setup:
+    """A copy of the base workspace's data and seed, bound to the preset with ``branch_trunk: trunk``."""
+    if root.exists():
+        shutil.rmtree(root)
+    keep = {"corpora", "tokenizer", "tokens"}
+    root.mkdir(parents=True)
+    for item in base.workspace.root.iterdir():
+        if item.name in keep:
+            shutil.copytree(item, root / item.name)
+    shutil.copytree(base.workspace.model_dir(SEED), root / "models" / SEED)
+    preset = base.preset.model_copy(update={"branch_trunk": trunk})
+    ws = Workspace(root)
+    ws.open(preset.name, preset.fingerprint())
+    return Setup(workspace=ws, registry=base.registry, preset=preset)
+
+
+def score(setup: Setup, folder: Path, docs: dict[str, list[str]]) -> dict[str, float]:
+    loaded = load_checkpoint(folder)
+    window = min(setup.preset.seq_len, loaded.model.config.max_position_embeddings)
+    return {d: score_texts(loaded.model, loaded.tokenizer, texts, window=window,
+                           batch_size=setup.preset.batch_size).bits_per_byte for d, texts in docs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-w", "--workspace", type=Path, required=True, help="workspace with corpora, tokenizer, seed")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--cards", type=Path, default=Path("experts"))
+    parser.add_argument("--trunks", default="train,frozen")
+    parser.add_argument("--token-recipes", default="all", help="comma list of token-router 'train' modes (all, gates)")
+    parser.add_argument("--token-steps", type=int, default=None, help="token-router steps [the recipe's]")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from moe_experts.routing.train_token import token_router_dir, train_token_router
+
+    preset = load_preset(args.preset)
+    base = Setup(workspace=Workspace(args.workspace), registry=load_registry(args.cards), preset=preset)
+    tokenizer = load_checkpoint(base.workspace.model_dir(SEED)).tokenizer
+    docs = {d: eval_documents(base, d, tokenizer) for d in base.registry.domains}
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{cpu_model()}, {usable_cores()} cores"
+    result: dict = {"preset": preset.name, "machine": device, "date": dt.date.today().isoformat(),
+                    "split": "val", "variants": {}}
+    result["seed"] = score(base, base.workspace.model_dir(SEED), docs)
+    for trunk in args.trunks.split(","):
+        setup = variant_setup(base, args.workspace.parent / f"{args.workspace.name}-trunk-{trunk}", trunk)
+        started = time.monotonic()
+        built = train_experts(setup, None, TrainOptions())
+        row: dict = {"experts_seconds": round(time.monotonic() - started, 1), "experts": {}, "training": {}}
+        for b in built:
+            row["experts"][b.name] = score(setup, setup.workspace.model_dir(b.name), docs)
+            t = b.manifest["training"]
+            row["training"][b.name] = {k: t[k] for k in ("steps", "kept_step", "tokens", "tokens_seen")}
+        row["oracle"] = {c.domain: row["experts"][c.name][c.domain] for c in setup.registry.starters}
+        started = time.monotonic()
+        generalist = train_generalists(setup, TrainOptions())[0]
+        row["generalist_seconds"] = round(time.monotonic() - started, 1)
+        row["generalist"] = score(setup, setup.workspace.model_dir(GENERALIST), docs)
+        row["generalist_tokens"] = generalist.manifest["training"]["tokens"]
+        row["token_moe"] = {}
+        for mode in args.token_recipes.split(","):
+            recipe = TokenRouterRecipe(train=mode)
+            if args.token_steps:
+                training = recipe.training.model_copy(update={"steps": args.token_steps,
+                                                              "warmup_steps": min(recipe.training.warmup_steps, args.token_steps // 10)})
+                recipe = recipe.model_copy(update={"training": training})
+            started = time.monotonic()
+            manifest = train_token_router(setup, recipe, TrainOptions(force=True), allow_dead_experts=True)
+            row["token_moe"][mode] = {"scores": score(setup, token_router_dir(setup.workspace.root), docs),
+                                      "seconds": round(time.monotonic() - started, 1),
+                                      "steps": manifest["training"]["steps"], "dead": manifest["health"]["dead"]}
+        result["variants"][trunk] = row
+    write_result(result, args.out, f"branch_recipes-{result['date']}-{preset.name}", shown={})
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    domains = list(result["seed"])
+    lines = ["| system | " + " | ".join(domains) + " | macro |", "|---|" + "---:|" * (len(domains) + 1)]
+
+    def row(name: str, scores: dict[str, float]) -> None:
+        macro = sum(scores[d] for d in domains) / len(domains)
+        lines.append(f"| {name} | " + " | ".join(f"{scores[d]:.3f}" for d in domains) + f" | {macro:.3f} |")
+
+    row("seed", result["seed"])
+    for trunk, v in result["variants"].items():
+        row(f"generalist ({trunk} run, {v['generalist_tokens']:,} tokens)", v["generalist"])
+        row(f"oracle, {trunk} trunk", v["oracle"])
+        for mode, m in v["token_moe"].items():
+            row(f"token-moe, {trunk} trunk, train {mode}, {m['steps']} steps", m["scores"])
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
