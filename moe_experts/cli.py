@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 DEFAULT_CARDS = "experts"
 ENV_CARDS = "MOE_EXPERTS_CARDS"
 ENV_PRESET = "MOE_EXPERTS_PRESET"
+ENV_SEED = "MOE_EXPERTS_SEED"
 
 
 class _Formatter(logging.Formatter):
@@ -49,8 +50,8 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 
 class _State:
-    def __init__(self, workspace: str | None, preset: str, cards: str) -> None:
-        self.workspace_arg, self.preset_arg, self.cards_arg = workspace, preset, cards
+    def __init__(self, workspace: str | None, preset: str, cards: str, seed: int | None = None) -> None:
+        self.workspace_arg, self.preset_arg, self.cards_arg, self.seed = workspace, preset, cards, seed
         self._setup: Setup | None = None
 
     def setup(self) -> Setup:
@@ -61,8 +62,12 @@ class _State:
             from moe_experts.workspace import resolve_workspace
 
             preset = load_preset(self.preset_arg)
+            name = preset.name
+            if self.seed is not None and self.seed != preset.seed:
+                # another training seed is another experiment: its own workspace by default
+                preset, name = preset.model_copy(update={"seed": self.seed}), f"{preset.name}-seed{self.seed}"
             registry = load_registry(Path(self.cards_arg))
-            ws = resolve_workspace(self.workspace_arg, preset.name)
+            ws = resolve_workspace(self.workspace_arg, name)
             ws.open(preset.name, preset.fingerprint())
             self._setup = Setup(workspace=ws, registry=registry, preset=preset)
         return self._setup
@@ -75,10 +80,14 @@ class _State:
               metavar="NAME|PATH", help="Model preset: micro, tiny (CPU), small (GPU), or a preset YAML [env MOE_EXPERTS_PRESET].")
 @click.option("--cards", default=lambda: os.environ.get(ENV_CARDS, DEFAULT_CARDS), show_default=DEFAULT_CARDS,
               metavar="DIR", help="Folder of expert cards [env MOE_EXPERTS_CARDS].")
+@click.option("--seed", type=int, default=lambda: int(os.environ[ENV_SEED]) if os.environ.get(ENV_SEED) else None,
+              metavar="N", help="Training seed instead of the preset's; default workspace runs/<preset>-seed<N> "
+              "[env MOE_EXPERTS_SEED]. For the spread over seeds: `moe-experts eval spread`.")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv includes transformers).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
 @click.pass_context
-def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, seed: int | None, verbose: int,
+        quiet: bool) -> None:
     """Domain-expert language models behind one learned router.
 
     \b
@@ -90,7 +99,7 @@ def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, verb
         quiet = True
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     _configure_logging(verbose, quiet)
-    ctx.obj = _State(workspace, preset, cards)
+    ctx.obj = _State(workspace, preset, cards, seed)
 
 
 def _setup(ctx: click.Context) -> Setup:

@@ -111,3 +111,34 @@ def _preset_name(arg: str) -> str:
     """The preset's name without loading it (compare needs only the workspace folder)."""
     path = Path(arg)
     return path.stem if path.suffix in (".yaml", ".yml") else arg
+
+
+@eval_cmd.command("spread")
+@click.argument("reports", nargs=-1, required=True, metavar="REPORT...")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Also write the spread as JSON.")
+@click.pass_context
+def eval_spread(ctx: click.Context, reports: tuple[str, ...], json_out: Path | None) -> None:
+    """The spread of the headline ratios over training seeds: one report per seed (folders or report.json).
+
+    Train each seed in its own workspace (`moe-experts --seed N quickstart` uses runs/<preset>-seed<N>),
+    then give every report. A target counts as met only when the seeds' mean and its interval clear it.
+    """
+    import json
+
+    from moe_experts.evaluation.report import load_report, plain, resolve_report, validate
+    from moe_experts.evaluation.spread import seed_spread, spread_tables
+    from moe_experts.workspace import resolve_workspace
+
+    state = ctx.find_root().obj
+    reports_dir = resolve_workspace(state.workspace_arg, _preset_name(state.preset_arg)).reports_dir
+    loaded = [load_report(resolve_report(r, reports_dir)) for r in reports]
+    for report in loaded:
+        validate(report)
+    result = seed_spread(loaded)
+    for t in spread_tables(result):
+        click.echo(plain(t) + "\n")
+    met = sum(t["met"] for t in result["targets"])
+    click.echo(f"targets: {met}/{len(result['targets'])} met on the mean and its interval over {result['seeds']} seeds")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
