@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from moe_experts.config import ValidationConfig
+from moe_experts.errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,12 @@ def validation_set(streams: Mapping[str, np.ndarray], tokenizer: Any, *, seq_len
     lengths = token_byte_lengths(tokenizer)
     blocks, predicted = {}, {}
     for domain, stream in streams.items():
-        n = max(1, min(tokens_per_domain, len(stream)) // seq_len)
         if len(stream) < seq_len:
-            raise ValueError(f"domain '{domain}': its val split has {len(stream)} tokens, fewer than one block of {seq_len}")
+            raise TrainingError(
+                f"domain '{domain}': its val split has {len(stream)} tokens, fewer than one validation block of {seq_len}",
+                hint="add documents to the domain's corpus, or turn validation off in the preset (validation.every_steps: null)",
+            )
+        n = max(1, min(tokens_per_domain, len(stream)) // seq_len)
         ids = np.asarray(stream[: n * seq_len], dtype=np.int64).reshape(n, seq_len)  # (N, T)
         blocks[domain] = ids
         predicted[domain] = int(lengths[ids[:, 1:]].sum())  # the first token of a block is context only
