@@ -38,7 +38,7 @@ ROUTED_TOP1 = "doc-top1"
 # Targets the report checks (the evaluator issue): routed top-1 bits per byte over the
 # generalist's, per domain, and routed top-1 against the oracle.
 SPECIALIST_RATIO_MAX = 0.96
-FALLBACK_RATIO_MAX = 1.02
+FALLBACK_RATIO_MAX = 1.00  # issue 11: the generalist is not to be beaten on its own ground, but not lost to either
 ORACLE_GAP_MAX = 0.01
 
 
