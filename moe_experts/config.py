@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from moe_experts.data.sources import SOURCES
+from moe_experts.sources import SOURCES
 from moe_experts.errors import ConfigError, UnknownDomainError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"

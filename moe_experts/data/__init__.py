@@ -1,1 +1,1 @@
-"""Corpora: sources, cleaning, deduplication, splits, tokenizer."""
+"""Corpora: building from sources (moe_experts.sources), cleaning, deduplication, splits, tokenizer."""

@@ -19,7 +19,7 @@ from typing import Any
 from moe_experts.config import DataConfig, ExpertCard, ExpertRegistry, hash_json
 from moe_experts.data.clean import clean
 from moe_experts.data.dedup import deduplicate
-from moe_experts.data.sources import build_source
+from moe_experts.sources import build_source
 from moe_experts.data.split import SPLITS, Split, assign_split, doc_id, unit_hash
 from moe_experts.errors import DataError, MissingArtifactError, SourceUnavailableError
 from moe_experts.progress import Progress

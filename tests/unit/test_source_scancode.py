@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from moe_experts.config import load_card
-from moe_experts.data.sources import SOURCES, build_source, scancode
-from moe_experts.data.sources.scancode import ScanCodeLicensesSource, default_licenses_dir
+from moe_experts.sources import SOURCES, build_source, scancode
+from moe_experts.sources.scancode import ScanCodeLicensesSource, default_licenses_dir
 from moe_experts.errors import SourceUnavailableError
 from tests.conftest import card
 

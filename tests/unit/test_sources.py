@@ -9,17 +9,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from moe_experts.data.sources import SOURCES, Source
-from moe_experts.data.sources.gcide import GcideSource, decode_number
-from moe_experts.data.sources.hpo import HPOSource
-from moe_experts.data.sources.icd10 import ICD10Source
-from moe_experts.data.sources.licenses import (
+from moe_experts.sources import SOURCES, Source
+from moe_experts.sources.gcide import GcideSource, decode_number
+from moe_experts.sources.hpo import HPOSource
+from moe_experts.sources.icd10 import ICD10Source
+from moe_experts.sources.licenses import (
     DebianCopyrightSource,
     PackageLicensesSource,
 )
-from moe_experts.data.sources.local import LocalFilesSource
-from moe_experts.data.sources.python_code import PythonStdlibSource
-from moe_experts.data.sources.wordnet import WordNetSource
+from moe_experts.sources.local import LocalFilesSource
+from moe_experts.sources.python_code import PythonStdlibSource
+from moe_experts.sources.wordnet import WordNetSource
 from moe_experts.errors import SourceUnavailableError
 
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from moe_experts.data.sources.gcide import GcideSource
-from moe_experts.data.sources.hpo import HPOSource, default_obo_path
-from moe_experts.data.sources.icd10 import ICD10Source, default_xml_path
-from moe_experts.data.sources.licenses import (
+from moe_experts.sources.gcide import GcideSource
+from moe_experts.sources.hpo import HPOSource, default_obo_path
+from moe_experts.sources.icd10 import ICD10Source, default_xml_path
+from moe_experts.sources.licenses import (
     DebianCopyrightSource,
     PackageLicensesSource,
 )
-from moe_experts.data.sources.python_code import PythonStdlibSource
-from moe_experts.data.sources.wordnet import WordNetSource
+from moe_experts.sources.python_code import PythonStdlibSource
+from moe_experts.sources.wordnet import WordNetSource
 from tests.unit.test_sources import make
 
 

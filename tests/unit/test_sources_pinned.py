@@ -16,8 +16,8 @@ import yaml
 
 from moe_experts.config import DataConfig, load_registry
 from moe_experts.data.build import build_corpora, domain_manifest
-from moe_experts.data.sources import Source, build_source
-from moe_experts.data.sources.licenses import DebianCopyrightSource, PackageLicensesSource, normalize_name
+from moe_experts.sources import Source, build_source
+from moe_experts.sources.licenses import DebianCopyrightSource, PackageLicensesSource, normalize_name
 from moe_experts.errors import SourceUnavailableError
 from moe_experts.workspace import Workspace
 from tests.conftest import REPO, card, general_english

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from moe_experts.data.sources.hf_dataset import HFDatasetSource
-from moe_experts.data.sources.local import LocalFilesSource
+from moe_experts.sources.hf_dataset import HFDatasetSource
+from moe_experts.sources.local import LocalFilesSource
 from moe_experts.errors import DataError, SourceUnavailableError
 from tests.unit.test_sources import make
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams, package_version
+from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version
 
 ROOT_TERM = "HP:0000001"  # "All": a structural root with no medical content
 # Synonym types that are not alternative names: allelic-requirement codes such as

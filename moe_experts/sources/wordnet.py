@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams
+from moe_experts.sources.base import RawDocument, Source, SourceParams
 
 # File name -> the part of speech written into each entry, in the order the files are read.
 DATA_FILES = {"data.noun": "noun", "data.verb": "verb", "data.adj": "adjective", "data.adv": "adverb"}

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams, package_version
+from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version
 from moe_experts.errors import DataError, SourceUnavailableError
 
 HF_HINT = "pip install 'moe-experts[hf]'"

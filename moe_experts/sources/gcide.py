@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams
+from moe_experts.sources.base import RawDocument, Source, SourceParams
 
 _DIGITS = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 # Index entries that describe the database itself (URL, licence preamble), not words.

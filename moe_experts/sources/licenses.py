@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams
+from moe_experts.sources.base import RawDocument, Source, SourceParams
 
 _LICENCE_NAME = re.compile(r"^(licen[cs]e|copying|notice)", re.IGNORECASE)
 # License-File entries sometimes list AUTHORS files: lists of names, not legal text.

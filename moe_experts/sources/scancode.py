@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams, package_version
-from moe_experts.data.sources.licenses import ParagraphDeduper
+from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version
+from moe_experts.sources.licenses import ParagraphDeduper
 
 log = logging.getLogger(__name__)
 

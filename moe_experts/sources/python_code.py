@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams
+from moe_experts.sources.base import RawDocument, Source, SourceParams
 
 log = logging.getLogger(__name__)
 

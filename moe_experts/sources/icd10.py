@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams, package_version
+from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version
 
 XML_NAME = "icd_10_v2019.xml"
 

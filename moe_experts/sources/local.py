@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from moe_experts.data.sources.base import RawDocument, Source, SourceParams
+from moe_experts.sources.base import RawDocument, Source, SourceParams
 from moe_experts.errors import DataError, SourceUnavailableError
 
 PYARROW_HINT = "pip install pyarrow (or pip install 'moe-experts[hf]')"
