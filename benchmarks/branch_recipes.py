@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--cards", type=Path, default=Path("experts"))
     parser.add_argument("--trunks", default="train,frozen")
     parser.add_argument("--token-recipes", default="all", help="comma list of token-router 'train' modes (all, gates)")
+    parser.add_argument("--frozen-token-recipes", default="all,gates",
+                        help="the same for shared-trunk experts, whose exact merge makes gates-only training worth a row")
     parser.add_argument("--token-steps", type=int, default=None, help="token-router steps [the recipe's]")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -97,7 +99,7 @@ def main() -> None:
         row["generalist"] = score(setup, setup.workspace.model_dir(GENERALIST), docs)
         row["generalist_tokens"] = generalist.manifest["training"]["tokens"]
         row["token_moe"] = {}
-        for mode in args.token_recipes.split(","):
+        for mode in (args.frozen_token_recipes if trunk == "frozen" else args.token_recipes).split(","):
             recipe = TokenRouterRecipe(train=mode)
             if args.token_steps:
                 training = recipe.training.model_copy(update={"steps": args.token_steps,
