@@ -22,10 +22,10 @@ from moe_experts import __version__
 from moe_experts.data.build import iter_documents
 from moe_experts.data.split import unit_hash
 from moe_experts.errors import ConfigError, DataError
-from moe_experts.evaluation.metrics import accuracy, macro_f1, reliability
 from moe_experts.evaluation.scoring import DocScores, paired_difference, resample_counts
 from moe_experts.evaluation.systems import EvalContext, EvalDocs, System, Unavailable, default_systems
 from moe_experts.modeling.stages import GENERALIST, Setup
+from moe_experts.routing.classifier import accuracy, macro_f1, reliability
 from moe_experts.workspace import read_json, versions
 
 logger = logging.getLogger(__name__)

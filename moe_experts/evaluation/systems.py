@@ -25,7 +25,8 @@ import numpy as np
 
 from moe_experts.errors import MoeExpertsError
 from moe_experts.evaluation.scoring import DocScores, count_windows, mixture_logprobs, scores_from_logprobs, token_logprobs
-from moe_experts.modeling.checkpoints import LoadedModel, load_checkpoint, load_pretrained
+from moe_experts.modeling.checkpoints import LoadedModel, check_shared_vocabulary, load_checkpoint, load_pretrained
+from moe_experts.modeling.flops import model_size
 from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, tokens_seen
 from moe_experts.progress import Progress
 from moe_experts.workspace import MANIFEST, read_json
@@ -103,37 +104,6 @@ def experts_training_tokens(ctx: EvalContext, names: list[str]) -> int | None:
     return seed_seen + sum(t - seed_seen for t in seen)  # type: ignore[operator]
 
 
-def model_flops(config: Any, context: int) -> tuple[int, int, int]:
-    """(total parameters, active parameters, forward FLOPs per token) of a Llama/Mixtral-style config.
-
-    FLOPs per token = 2 x the weights a token multiplies (attention and FFN projections of every
-    layer, only the routed experts of a sparse MoE layer, and the output head) + 2 x layers x
-    context x attention width for the attention scores and values (Kaplan et al. 2020), at a
-    full context of ``context`` tokens. Embedding look-ups cost nothing.
-    """
-    d, layers, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or d // heads
-    attn = 2 * d * heads * head_dim + 2 * d * kv * head_dim  # q, o and k, v projections
-    ffn = 3 * d * ff  # gate, up, down (SwiGLU)
-    experts = getattr(config, "num_local_experts", None)
-    active_experts = getattr(config, "num_experts_per_tok", None)
-    norms = (2 * layers + 1) * d
-    embed = config.vocab_size * d
-    head = 0 if getattr(config, "tie_word_embeddings", False) else config.vocab_size * d
-    if experts:
-        layer_total = attn + experts * ffn + d * experts
-        layer_active = attn + active_experts * ffn + d * experts
-    else:
-        layer_total = layer_active = attn + ffn
-    total = layers * layer_total + norms + embed + head
-    active = layers * layer_active + norms + embed + head
-    matmul = layers * layer_active + config.vocab_size * d
-    flops = 2 * matmul + 2 * layers * context * heads * head_dim
-    return int(total), int(active), int(flops)
-
-
 def _percentiles(ms: list[float]) -> tuple[float | None, float | None]:
     if not ms:
         return None, None
@@ -194,7 +164,8 @@ class EvalContext:
                     d: token_logprobs(model, tokenizer, t, window=window, batch_size=self.batch_size, progress=bar)
                     for d, t in texts.items()
                 }
-            total_p, active_p, flops = model_flops(model.config, window)
+            size = model_size(model.config, window)
+            total_p, active_p, flops = size.total_parameters, size.active_parameters, size.flops_per_token
             measured = sum(p.numel() for p in model.parameters())
             if measured != total_p:  # a config the formula does not know: fall back to counting
                 total_p = active_p = measured
@@ -447,8 +418,6 @@ class DocRoutedSystem:
         return out
 
     def scores(self, ctx: EvalContext) -> dict[str, DocScores]:
-        from moe_experts.inference.generate import check_shared_vocabulary
-
         experts = _expert_scores(ctx)
         if self.top_k > 1:
             check_shared_vocabulary({n: ctx.info(f"expert:{n}").tokenizer for n in experts})

@@ -15,14 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_experts.errors import RequestError
-from moe_experts.inference.generate import (
-    Generation,
-    GenerationSettings,
-    check_shared_vocabulary,
-    generate,
-    generate_mixture,
-)
-from moe_experts.modeling.checkpoints import LoadedModel, load_checkpoint, load_pretrained
+from moe_experts.inference.generate import Generation, GenerationSettings, generate, generate_mixture
+from moe_experts.modeling.checkpoints import LoadedModel, check_shared_vocabulary, load_checkpoint, load_pretrained
 from moe_experts.modeling.stages import Setup
 from moe_experts.routing.doc_router import DocRouter, RoutingDecision
 

@@ -16,16 +16,12 @@ text nearest to where the answer starts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-
-from moe_experts.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -202,20 +198,6 @@ def mixture_log_probs(logits: Sequence[torch.Tensor], weights: Sequence[float]) 
 def mixture_next_token_probs(logits: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """The mixed next-token distribution ``sum_i w_i softmax(logits_i)``, (V,) float32, sums to 1."""
     return mixture_log_probs(logits, weights).exp()  # (V,)
-
-
-def check_shared_vocabulary(tokenizers: Mapping[str, Any]) -> None:
-    """Refuse a mixture of experts whose tokenizers do not share one vocabulary (token ids must mean the same)."""
-    groups: dict[str, list[str]] = {}
-    for name, tok in tokenizers.items():
-        digest = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
-        groups.setdefault(digest, []).append(name)
-    if len(groups) > 1:
-        described = " vs ".join("{" + ", ".join(repr(n) for n in sorted(names)) + "}" for names in groups.values())
-        raise ConfigError(
-            f"the top-k mixture needs experts that share one vocabulary, but these use different ones: {described}",
-            hint="use --top-k 1, or mix only experts that share a tokenizer",
-        )
 
 
 # --------------------------------------------------------------------------- helpers

@@ -12,14 +12,16 @@ same ``AutoModelForCausalLM`` / ``AutoTokenizer`` calls.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from moe_experts.config import ModelShape, ModelSource, Preset
-from moe_experts.errors import CheckpointError
+from moe_experts.errors import CheckpointError, ConfigError
 from moe_experts.workspace import MANIFEST, atomic_dir, read_json, sha256_file, versions, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,20 @@ def load_pretrained(source: ModelSource, *, device: str = "cpu", dtype: Any = No
         return load_checkpoint(path, device=device, dtype=dtype)
     model, tokenizer = _from_pretrained(source.name_or_path, revision=source.revision, device=device, dtype=dtype)
     return LoadedModel(model=model, tokenizer=tokenizer, manifest=None)
+
+
+def check_shared_vocabulary(tokenizers: Mapping[str, Any]) -> None:
+    """Refuse a mixture of experts whose tokenizers do not share one vocabulary (token ids must mean the same)."""
+    groups: dict[str, list[str]] = {}
+    for name, tok in tokenizers.items():
+        digest = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
+        groups.setdefault(digest, []).append(name)
+    if len(groups) > 1:
+        described = " vs ".join("{" + ", ".join(repr(n) for n in sorted(names)) + "}" for names in groups.values())
+        raise ConfigError(
+            f"the top-k mixture needs experts that share one vocabulary, but these use different ones: {described}",
+            hint="use --top-k 1, or mix only experts that share a tokenizer",
+        )
 
 
 def _from_pretrained(

@@ -25,6 +25,7 @@ from moe_experts.config import ExpertCard, ExpertRegistry, ModelShape, PhaseConf
 from moe_experts.data.build import require_corpora
 from moe_experts.data.tokenizer import load_stream, load_tokenizer, require_tokenizer
 from moe_experts.modeling.checkpoints import count_parameters, load_checkpoint, new_model, save_checkpoint, verify_checkpoint
+from moe_experts.modeling.flops import llama_parameters
 from moe_experts.modeling.train import BlockDataset, prepare_checkpoint_dir, train_causal_lm
 from moe_experts.modeling.validation import validation_callback, validation_set
 from moe_experts.errors import MissingArtifactError, StaleArtifactError
@@ -307,17 +308,6 @@ def _train_generalist(
         )
 
     return _reuse_or_build(setup, name, inputs, opts, build)
-
-
-def llama_parameters(shape: ModelShape, vocab_size: int) -> int:
-    """Parameters of a Llama model of this shape (embeddings, attention, MLP, norms, head)."""
-    h, inter, layers = shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers
-    kv = h // shape.num_attention_heads * shape.num_key_value_heads
-    attn = h * h * 2 + h * kv * 2  # q, o: (h, h); k, v: (h, kv)
-    mlp = 3 * h * inter  # gate, up, down
-    per_layer = attn + mlp + 2 * h  # two RMSNorms
-    head = 0 if shape.tie_word_embeddings else vocab_size * h
-    return vocab_size * h + layers * per_layer + h + head
 
 
 def parameter_matched_shape(base: ModelShape, vocab_size: int, target_parameters: int) -> ModelShape:

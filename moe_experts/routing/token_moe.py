@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from moe_experts.errors import ConfigError
+from moe_experts.modeling.checkpoints import check_shared_vocabulary
+from moe_experts.modeling.flops import model_size
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +44,6 @@ class MergeSpec:
 
 def check_mergeable(models: Mapping[str, Any], tokenizers: Mapping[str, Any]) -> None:
     """Refuse experts that cannot share one MoE: other architectures, shapes or vocabularies (with the reason)."""
-    from moe_experts.inference.generate import check_shared_vocabulary
-
     kinds = {name: type(m).__name__ for name, m in models.items()}
     if set(kinds.values()) != {"LlamaForCausalLM"}:
         described = ", ".join(f"{n}: {k}" for n, k in kinds.items())
@@ -71,10 +71,7 @@ def check_mergeable(models: Mapping[str, Any], tokenizers: Mapping[str, Any]) ->
 
 def merged_bytes(config: Any, n_experts: int, dtype_bytes: int = 4) -> int:
     """Bytes of the merged MoE's weights (for the memory check before merging)."""
-    from moe_experts.evaluation.systems import model_flops
-
-    total, _, _ = model_flops(_moe_config(config, n_experts, 2, 0.0), context=1)
-    return total * dtype_bytes
+    return model_size(_moe_config(config, n_experts, 2, 0.0), context=1).total_parameters * dtype_bytes
 
 
 def check_memory(config: Any, n_experts: int, n_sources: int) -> None:

@@ -33,15 +33,19 @@ from moe_experts.config import DocRouterRecipe
 from moe_experts.data.build import iter_documents, require_corpora
 from moe_experts.data.split import unit_hash
 from moe_experts.errors import DataError, StaleArtifactError
-from moe_experts.evaluation.metrics import accuracy, confusion_matrix, expected_calibration_error, log_loss, macro_f1
 from moe_experts.modeling.stages import Setup
 from moe_experts.progress import Progress
 from moe_experts.routing.classifier import (
     Calibrator,
     LogisticModel,
+    accuracy,
     cluster_log_probs,
     combined_log_probs,
+    confusion_matrix,
+    expected_calibration_error,
     knn_log_probs,
+    log_loss,
+    macro_f1,
     tune_confidence_threshold,
 )
 from moe_experts.routing.doc_router import (

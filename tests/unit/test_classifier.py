@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe_experts.evaluation.metrics import log_loss
 from moe_experts.routing.classifier import (
     Calibrator,
     LogisticModel,
@@ -13,6 +12,7 @@ from moe_experts.routing.classifier import (
     combined_log_probs,
     fit_temperature,
     knn_log_probs,
+    log_loss,
     log_softmax,
     tune_confidence_threshold,
 )

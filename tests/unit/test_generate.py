@@ -13,12 +13,12 @@ from moe_experts.errors import ConfigError
 from moe_experts.inference.generate import (
     Generation,
     GenerationSettings,
-    check_shared_vocabulary,
     format_prompt,
     generate,
     generate_mixture,
     mixture_next_token_probs,
 )
+from moe_experts.modeling.checkpoints import check_shared_vocabulary
 
 CONTEXT = 128
 GREEDY = GenerationSettings(max_new_tokens=8, temperature=0.0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from moe_experts.evaluation.metrics import (
+from moe_experts.routing.classifier import (
     accuracy,
     confusion_matrix,
     expected_calibration_error,
