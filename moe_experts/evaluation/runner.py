@@ -24,7 +24,8 @@ from moe_experts.data.split import unit_hash
 from moe_experts.errors import ConfigError, DataError
 from moe_experts.evaluation.scoring import DocScores, paired_difference, resample_counts
 from moe_experts.evaluation.systems import EvalContext, EvalDocs, System, Unavailable, default_systems
-from moe_experts.modeling.stages import GENERALIST, Setup
+from moe_experts.modeling.checkpoints import weights_id
+from moe_experts.modeling.stages import GENERALIST, Setup, expert_weights_id
 from moe_experts.routing.classifier import accuracy, macro_f1, reliability
 from moe_experts.workspace import read_json, versions
 
@@ -190,13 +191,13 @@ def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str
         if folder.name.startswith("."):
             continue
         if (folder / MANIFEST).exists():
-            models[folder.name] = hash_json(read_json(folder / MANIFEST).get("weights_sha256"))
+            models[folder.name] = weights_id(read_json(folder / MANIFEST))
         elif (folder / "config.json").exists():  # a plain transformers folder: its files' names, sizes and times
             models[folder.name] = hash_json(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
                                                    for p in folder.iterdir() if p.is_file()))
     for card in setup.registry.cards:
         if card.model.kind == "pretrained":
-            models[card.name] = f"{card.model.name_or_path}@{card.model.revision or 'default'}"
+            models[card.name] = expert_weights_id(setup, card.name)
     routers = {}
     for kind, name in (("doc", "router.json"), ("token", MANIFEST)):
         path = ws.root / "routers" / kind / name

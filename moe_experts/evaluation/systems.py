@@ -25,9 +25,9 @@ import numpy as np
 
 from moe_experts.errors import MoeExpertsError
 from moe_experts.evaluation.scoring import DocScores, count_windows, mixture_logprobs, scores_from_logprobs, token_logprobs
-from moe_experts.modeling.checkpoints import LoadedModel, check_shared_vocabulary, load_checkpoint, load_pretrained
+from moe_experts.modeling.checkpoints import LoadedModel, check_shared_vocabulary, load_checkpoint
 from moe_experts.modeling.flops import model_size
-from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, tokens_seen
+from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, load_expert, tokens_seen
 from moe_experts.progress import Progress
 from moe_experts.workspace import MANIFEST, read_json
 
@@ -137,11 +137,7 @@ class EvalContext:
 
     # ------------------------------------------------------------------ models
     def expert_loader(self, name: str) -> Loader:
-        card = self.setup.registry.by_name(name)
-        if card.model.kind == "pretrained":
-            return lambda device: load_pretrained(card.model, device=device)
-        folder = self.setup.workspace.model_dir(name)
-        return lambda device: load_checkpoint(folder, device=device)
+        return lambda device: load_expert(self.setup, name, device)
 
     def model_logprobs(self, key: str, loader: Loader,
                        while_loaded: Callable[[LoadedModel], Any] | None = None) -> dict[str, list[np.ndarray]]:
@@ -510,13 +506,10 @@ def default_systems(setup: Setup, *, top_k: int = 2) -> list[System]:
                     "build it with `moe-experts train seed`"),
     ]
     for card in setup.registry.cards:
-        pretrained = card.model.kind == "pretrained"
-        folder = None if pretrained else ws.model_dir(card.name)
-        system = ModelSystem(f"expert:{card.name}", "expert", f"expert '{card.name}' alone, on every domain",
-                             f"expert:{card.name}", folder, "build it with `moe-experts train experts`")
-        if pretrained:
-            system.loader = lambda device, c=card: load_pretrained(c.model, device=device)
-        systems.append(system)
+        folder = None if card.model.kind == "pretrained" else ws.model_dir(card.name)
+        systems.append(ModelSystem(f"expert:{card.name}", "expert", f"expert '{card.name}' alone, on every domain",
+                                   f"expert:{card.name}", folder, "build it with `moe-experts train experts`",
+                                   loader=lambda device, name=card.name: load_expert(setup, name, device)))
     systems.append(DocRoutedSystem(1))
     if top_k > 1:
         systems.append(DocRoutedSystem(top_k))

@@ -16,8 +16,8 @@ from typing import Any
 
 from moe_experts.errors import RequestError
 from moe_experts.inference.generate import Generation, GenerationSettings, generate, generate_mixture
-from moe_experts.modeling.checkpoints import LoadedModel, check_shared_vocabulary, load_checkpoint, load_pretrained
-from moe_experts.modeling.stages import Setup
+from moe_experts.modeling.checkpoints import LoadedModel, check_shared_vocabulary
+from moe_experts.modeling.stages import Setup, load_expert
 from moe_experts.routing.doc_router import DocRouter, RoutingDecision
 
 logger = logging.getLogger(__name__)
@@ -96,12 +96,8 @@ class ExpertPool:
 
     def get(self, name: str) -> LoadedModel:
         if name not in self._loaded:
-            card = self.setup.registry.by_name(name)
-            if card.model.kind == "pretrained":
-                self._loaded[name] = load_pretrained(card.model, device=self.device)
-            else:
-                folder = self.setup.workspace.model_dir(name)
-                self._loaded[name] = load_checkpoint(folder, device=self.device)
+            self.setup.registry.by_name(name)  # an unknown name is refused with the cards' names, not a missing folder
+            self._loaded[name] = load_expert(self.setup, name, device=self.device)
             logger.debug("loaded expert %s", name)
         return self._loaded[name]
 

@@ -78,6 +78,17 @@ def save_checkpoint(model: Any, tokenizer: Any, target: Path, manifest: dict[str
     return full
 
 
+def weights_id(manifest: dict[str, Any]) -> str:
+    """A short id of a saved checkpoint's weights (what a model trained or merged from it records).
+
+    One weight file: the first 16 hex digits of its SHA-256; sharded weights: of the hash of every shard's.
+    """
+    hashes = manifest["weights_sha256"]
+    if len(hashes) == 1:
+        return next(iter(hashes.values()))[:16]
+    return hashlib.sha256(json.dumps(sorted(hashes.items())).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     model: Any

@@ -22,8 +22,15 @@ from typing import Any
 
 from moe_experts.data.build import iter_documents
 from moe_experts.config import ModelSource
-from moe_experts.modeling.checkpoints import LoadedModel, load_checkpoint, load_pretrained
-from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, model_manifest, trained_models
+from moe_experts.modeling.stages import (
+    GENERALIST,
+    GENERALIST_PARAMS,
+    SEED,
+    Setup,
+    expert_weights_id,
+    load_expert,
+    trained_models,
+)
 from moe_experts.modeling.train import device_kind
 from moe_experts.progress import Progress
 from moe_experts.workspace import atomic_dir, read_json, write_json_atomic
@@ -138,23 +145,6 @@ def _pretrained(setup: Setup) -> dict[str, ModelSource]:
     return {c.name: c.model for c in setup.registry.cards if c.model.kind == "pretrained"}
 
 
-def _weights_ids(setup: Setup, models: Sequence[str]) -> dict[str, str]:
-    pretrained = _pretrained(setup)
-    return {
-        m: f"{pretrained[m].name_or_path}@{pretrained[m].revision or 'default'}"
-        if m in pretrained
-        else next(iter(model_manifest(setup, m)["weights_sha256"].values()))[:16]
-        for m in models
-    }
-
-
-def _load(setup: Setup, name: str, device: str) -> LoadedModel:
-    source = _pretrained(setup).get(name)
-    if source is not None:
-        return load_pretrained(source, device=device)
-    return load_checkpoint(setup.workspace.model_dir(name), device=device)
-
-
 def sanity_path(setup: Setup) -> Any:
     return setup.workspace.reports_dir / "sanity"
 
@@ -163,7 +153,7 @@ def run_sanity(setup: Setup, *, force: bool = False) -> SanityReport:
     """Compute (or reuse, when the same weights were already scored) the perplexity matrix."""
     models = tuple(trained_models(setup) + list(_pretrained(setup)))
     domains = tuple(setup.registry.domains)
-    weights = _weights_ids(setup, models)
+    weights = {m: expert_weights_id(setup, m) for m in models}
     cached = sanity_path(setup) / "sanity.json"
     if cached.exists() and not force:
         report = SanityReport.from_json(read_json(cached))
@@ -177,7 +167,7 @@ def run_sanity(setup: Setup, *, force: bool = False) -> SanityReport:
     docs_cache: dict[str, list[str]] = {}
     with Progress("sanity check", total=len(models) * len(domains), unit="eval") as bar:
         for name in models:
-            loaded = _load(setup, name, device)
+            loaded = load_expert(setup, name, device)
             window = min(setup.preset.seq_len, getattr(loaded.model.config, "max_position_embeddings", setup.preset.seq_len))
             scores[name] = {}
             for domain in domains:

@@ -24,7 +24,16 @@ from typing import Any
 from moe_experts.config import ExpertCard, ExpertRegistry, ModelShape, PhaseConfig, Preset
 from moe_experts.data.build import require_corpora
 from moe_experts.data.tokenizer import load_stream, load_tokenizer, require_tokenizer
-from moe_experts.modeling.checkpoints import count_parameters, load_checkpoint, new_model, save_checkpoint, verify_checkpoint
+from moe_experts.modeling.checkpoints import (
+    LoadedModel,
+    count_parameters,
+    load_checkpoint,
+    load_pretrained,
+    new_model,
+    save_checkpoint,
+    verify_checkpoint,
+    weights_id,
+)
 from moe_experts.modeling.flops import llama_parameters
 from moe_experts.modeling.train import BlockDataset, prepare_checkpoint_dir, train_causal_lm
 from moe_experts.modeling.validation import validation_callback, validation_set
@@ -92,11 +101,6 @@ def _inputs(setup: Setup, data: DataInputs, parent: str | None) -> dict[str, Any
         "tokenizer_hash": data.tokenizer_hash,
         "parent_weights": parent,
     }
-
-
-def _weights_id(manifest: dict[str, Any]) -> str:
-    """A short id of a checkpoint's weights, used as the parent of what is trained from it."""
-    return next(iter(manifest["weights_sha256"].values()))[:16]
 
 
 def _reuse_or_build(
@@ -234,7 +238,7 @@ def train_experts(
 def _train_branch(
     setup: Setup, card: ExpertCard, data: DataInputs, seed_manifest: dict[str, Any], opts: TrainOptions
 ) -> Built:
-    inputs = _inputs(setup, data, parent=_weights_id(seed_manifest))
+    inputs = _inputs(setup, data, parent=weights_id(seed_manifest))
 
     def build() -> dict[str, Any]:
         loaded = load_checkpoint(setup.workspace.model_dir(SEED))
@@ -334,3 +338,30 @@ def trained_models(setup: Setup) -> list[str]:
 
 def model_manifest(setup: Setup, name: str) -> dict[str, Any]:
     return read_json(setup.workspace.model_dir(name) / MANIFEST)
+
+
+def _pretrained_card(setup: Setup, name: str) -> ExpertCard | None:
+    card = setup.registry.by_name(name) if name in setup.registry.names else None
+    return card if card is not None and card.model.kind == "pretrained" else None
+
+
+def load_expert(setup: Setup, name: str, device: str = "cpu") -> LoadedModel:
+    """A model by name: a card's pretrained model (local folder or hub id), else the workspace's ``models/<name>/``.
+
+    Experts, the seed and the generalists alike; a workspace checkpoint is hash-checked on load.
+    """
+    card = _pretrained_card(setup, name)
+    if card is not None:
+        return load_pretrained(card.model, device=device)
+    return load_checkpoint(setup.workspace.model_dir(name), device=device)
+
+
+def expert_weights_id(setup: Setup, name: str) -> str:
+    """What ``load_expert(setup, name)`` would load, in a few characters: what is built from it records this.
+
+    A card's pretrained model is its name and revision; a workspace checkpoint, its weights' hash (``weights_id``).
+    """
+    card = _pretrained_card(setup, name)
+    if card is not None:
+        return f"{card.model.name_or_path}@{card.model.revision or 'default'}"
+    return weights_id(model_manifest(setup, name))

@@ -25,8 +25,8 @@ import numpy as np
 
 from moe_experts.config import TokenRouterRecipe
 from moe_experts.errors import TrainingError
-from moe_experts.modeling.checkpoints import LoadedModel, load_checkpoint, load_pretrained, save_checkpoint
-from moe_experts.modeling.stages import SEED, Setup, TrainOptions, data_inputs, model_manifest
+from moe_experts.modeling.checkpoints import save_checkpoint
+from moe_experts.modeling.stages import SEED, Setup, TrainOptions, data_inputs, expert_weights_id, load_expert
 from moe_experts.modeling.train import BlockDataset, device_kind, prepare_checkpoint_dir, train_causal_lm
 from moe_experts.routing.token_moe import MergeSpec, check_memory, check_mergeable, init_gates, merge_experts
 from moe_experts.workspace import MANIFEST, read_json, write_json_atomic
@@ -40,27 +40,11 @@ def token_router_dir(root: Path) -> Path:
     return root / "routers" / "token"
 
 
-def _load(setup: Setup, name: str) -> LoadedModel:
-    if name == SEED:
-        return load_checkpoint(setup.workspace.model_dir(SEED))
-    card = setup.registry.by_name(name)
-    if card.model.kind == "pretrained":
-        return load_pretrained(card.model)
-    return load_checkpoint(setup.workspace.model_dir(name))
-
-
-def _weights_id(setup: Setup, name: str) -> str:
-    card = None if name == SEED else setup.registry.by_name(name)
-    if card is not None and card.model.kind == "pretrained":
-        return f"{card.model.name_or_path}@{card.model.revision or 'default'}"
-    return next(iter(model_manifest(setup, name)["weights_sha256"].values()))[:16]
-
-
 def token_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
     """What a token router is built from; a router whose manifest records other inputs is stale."""
     names = [*setup.registry.names, *([SEED] if recipe.include_seed or recipe.merge_rest == "seed" else [])]
     data = data_inputs(setup)
-    return {"experts": {n: _weights_id(setup, n) for n in names}, "recipe": recipe.fingerprint(),
+    return {"experts": {n: expert_weights_id(setup, n) for n in names}, "recipe": recipe.fingerprint(),
             "preset": setup.preset.fingerprint(), "tokenizer_hash": data.tokenizer_hash, "corpus_hash": data.corpus_hash}
 
 
@@ -174,7 +158,7 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
     ws, preset = setup.workspace, setup.preset
     names = list(setup.registry.names)
     expert_names = [*names, *([SEED] if recipe.include_seed else [])]
-    loaded = {n: _load(setup, n) for n in dict.fromkeys([*expert_names, *([SEED] if recipe.merge_rest == "seed" else [])])}
+    loaded = {n: load_expert(setup, n) for n in dict.fromkeys([*expert_names, *([SEED] if recipe.merge_rest == "seed" else [])])}
     check_mergeable({n: m.model for n, m in loaded.items()}, {n: m.tokenizer for n, m in loaded.items()})
     check_memory(loaded[names[0]].model.config, len(expert_names), len(loaded))
     inputs = token_inputs(setup, recipe)  # read once: the run record and the manifest
