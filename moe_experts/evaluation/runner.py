@@ -12,7 +12,7 @@ import datetime as dt
 import fnmatch
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from moe_experts import __version__
 from moe_experts.data.build import iter_documents
 from moe_experts.data.split import unit_hash
 from moe_experts.errors import ConfigError, DataError
+from moe_experts.evaluation.context import EvalContext, EvalDocs, Unavailable
 from moe_experts.evaluation.scoring import DocScores, paired_difference, resample_counts
-from moe_experts.evaluation.systems import EvalContext, EvalDocs, System, Unavailable, default_systems
+from moe_experts.evaluation.systems import EXPERT_LOAD, System, default_systems
 from moe_experts.modeling.checkpoints import weights_id
 from moe_experts.modeling.stages import GENERALIST, Setup, expert_weights_id
 from moe_experts.routing.classifier import accuracy, macro_f1, reliability
@@ -113,29 +114,8 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
                       batch_size=setup.preset.batch_size, speed_prompts=opts.speed_prompts,
                       latency_requests=opts.latency_requests)
 
-    evaluated: list[System] = []
-    skipped: list[dict[str, str]] = []
-    scores: dict[str, dict[str, DocScores]] = {}
-    costs: dict[str, dict[str, Any]] = {}
-    expert_load: dict[str, Any] = {}
-    for system in systems:
-        why: Unavailable | None = system.unavailable(ctx)
-        if why is not None:
-            logger.info("skipping %s: %s (%s)", system.name, why.reason, why.hint)
-            skipped.append({"name": system.name, "reason": why.reason, "hint": why.hint})
-            continue
-        logger.info("evaluating %s", system.name)
-        try:
-            scores[system.name] = system.scores(ctx)
-            costs[system.name] = system.cost(ctx)
-            if hasattr(system, "expert_load"):  # token-level MoEs: where each domain's tokens go, per layer
-                expert_load[system.name] = system.expert_load(ctx)
-        except ConfigError as exc:  # e.g. a mixture of experts that do not share a tokenizer
-            logger.info("skipping %s: %s", system.name, exc.message)
-            scores.pop(system.name, None)
-            skipped.append({"name": system.name, "reason": exc.message, "hint": exc.hint or "see the message"})
-            continue
-        evaluated.append(system)
+    done = evaluate_systems(ctx, systems)
+    evaluated, skipped, scores = done.systems, done.skipped, done.scores
     if not evaluated:
         raise DataError("no system could be evaluated: " + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped),
                         hint="run `moe-experts quickstart` to build the starter experts, generalist and router")
@@ -164,8 +144,8 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
         "lm": _lm_section(scores, domains, counts, opts.confidence),
         "routing": _routing_section(ctx, scores, domains) if ROUTED_TOP1 in scores else {},
         "suites": _suites_section(ctx, opts) if opts.suites and ROUTED_TOP1 in scores else {},
-        "cost": costs,
-        "expert_load": expert_load,
+        "cost": done.costs,
+        "expert_load": done.expert_load,
         "targets": [],
         "notes": [],
         "files": {},
@@ -175,6 +155,41 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
     report["notes"] = _notes(report, evaluated)
     report["seconds"] = round(time.monotonic() - started, 1)
     return report
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What the systems of a line-up gave: the evaluated ones (in line-up order) and the skipped ones, with why."""
+
+    systems: list[System] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # name, reason, hint
+    scores: dict[str, dict[str, DocScores]] = field(default_factory=dict)  # system -> domain -> scores
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    expert_load: dict[str, Any] = field(default_factory=dict)  # systems with the EXPERT_LOAD capability
+
+
+def evaluate_systems(ctx: EvalContext, systems: list[System]) -> Evaluated:
+    """Score every system that can be evaluated here; skip the others with the reason and the fix."""
+    done = Evaluated()
+    for system in systems:
+        why: Unavailable | None = system.unavailable(ctx)
+        if why is not None:
+            logger.info("skipping %s: %s (%s)", system.name, why.reason, why.hint)
+            done.skipped.append({"name": system.name, "reason": why.reason, "hint": why.hint})
+            continue
+        logger.info("evaluating %s", system.name)
+        try:
+            scores, cost = system.scores(ctx), system.cost(ctx)
+            load = system.expert_load(ctx) if EXPERT_LOAD in system.capabilities else None
+        except ConfigError as exc:  # e.g. a mixture of experts that do not share a tokenizer
+            logger.info("skipping %s: %s", system.name, exc.message)
+            done.skipped.append({"name": system.name, "reason": exc.message, "hint": exc.hint or "see the message"})
+            continue
+        done.scores[system.name], done.costs[system.name] = scores, cost
+        if load is not None:
+            done.expert_load[system.name] = load
+        done.systems.append(system)
+    return done
 
 
 def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str, Any]:
