@@ -4,23 +4,28 @@ Stages, in order: corpora -> tokenizer (+ token streams) -> seed -> experts ->
 generalist(s) -> sanity check -> document router -> evaluation report. A current artifact is reused; a stale one (built
 from other inputs) stops the run with the command that rebuilds it, unless
 ``update`` asks to rebuild stale artifacts in place.
+
+Also the steps behind the other commands, so that the CLI only parses and prints:
+train a router of any registered kind (``train_router``), evaluate and write a
+report (``evaluate``, ``report_spread``), answer through the document router (``ask_doc``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from moe_experts.config import DocRouterRecipe
 from moe_experts.data.build import build_corpora, corpora_dir, corpora_status, require_corpora
 from moe_experts.data.tokenizer import build_token_streams, tokenizer_status, train_tokenizer
-from moe_experts.errors import StaleArtifactError
+from moe_experts.errors import MissingArtifactError, StaleArtifactError
 from moe_experts.modeling.sanity import SanityReport, run_sanity
 from moe_experts.modeling.stages import Setup, TrainOptions, train_experts, train_generalists, train_seed
+from moe_experts.routing.kinds import check_options, router_kind
 from moe_experts.workspace import MANIFEST, read_json
 
 logger = logging.getLogger(__name__)
@@ -148,16 +153,131 @@ def ensure_doc_router(
     setup: Setup, recipe: DocRouterRecipe, *, force: bool = False, update: bool = True, unsupervised: bool = False
 ) -> dict[str, Any] | None:
     """Train the document router when missing (or stale with ``update``, or always with ``force``); its manifest if trained."""
-    from moe_experts.routing.train_doc import doc_router_status, train_doc_router
+    return ensure_router(setup, recipe, force=force, update=update, unsupervised=unsupervised)
 
-    status, diffs = doc_router_status(setup, recipe, unsupervised=unsupervised)
-    if status == "current" and not force:
-        logger.info("document router: up to date, reusing %s", setup.workspace.root / "routers" / "doc")
+
+def ensure_router(
+    setup: Setup, recipe: Any, opts: TrainOptions = TrainOptions(), *, force: bool = False, update: bool = True,
+    **run: Any,
+) -> dict[str, Any] | None:
+    """Train the router of ``recipe.kind`` when missing (or stale with ``update``, or always with ``force``).
+
+    Its manifest when trained now; None when an up-to-date router was reused. ``run`` holds the kind's
+    run switches (``unsupervised`` for doc, ``allow_dead_experts`` for token).
+    """
+    kind = router_kind(recipe.kind)
+    status = kind.status(setup, recipe, **run)
+    if status.state == "current" and not force:
+        logger.info("%s: up to date, reusing %s", kind.title, kind.folder(setup.workspace.root))
         return None
-    if status == "stale" and not (force or update):
+    if status.state == "stale" and not (force or update):
         raise StaleArtifactError(
-            "the document router is stale:\n  " + "\n  ".join(diffs),
-            hint="run `moe-experts train-router --force` (or `moe-experts quickstart --update`)",
+            f"the {kind.title} is stale:\n  " + "\n  ".join(status.diffs),
+            hint=f"run `moe-experts train-router --kind {kind.name} --force`"
+            + (" (or `moe-experts quickstart --update`)" if kind.name == "doc" else ""),
         )
-    logger.info("document router: training (%s)", "forced" if status == "current" else "; ".join([status, *diffs]))
-    return train_doc_router(setup, recipe, unsupervised=unsupervised)
+    why = "forced" if status.state == "current" else "; ".join([status.state, *status.diffs])
+    logger.info("%s: training (%s)", kind.title, why)
+    return kind.train(setup, recipe, opts, **run)
+
+
+@dataclass(frozen=True)
+class RouterResult:
+    """What ``train_router`` did."""
+
+    kind: str
+    folder: Path
+    recipe: Any  # the recipe it was trained (or checked) against, overrides applied
+    prerequisites: tuple[str, ...]  # what was missing and built first (corpora, tokenizer, seed, experts)
+    manifest: dict[str, Any] | None  # the new router's manifest; None when an up-to-date one was reused
+
+    @property
+    def trained(self) -> bool:
+        return self.manifest is not None
+
+
+def missing_prerequisites(setup: Setup) -> list[str]:
+    """What a router needs and the workspace lacks: the corpora, and the seed and starter experts' weights."""
+    missing = []
+    if corpora_status(setup.workspace, setup.registry, setup.preset.data) != "current":
+        missing.append("corpora")
+    starters = [c.name for c in setup.registry.starters]
+    needed = ["seed", *starters] if starters else []  # user-supplied experts need no training
+    return missing + [f"model {n}" for n in needed if not (setup.workspace.model_dir(n) / MANIFEST).exists()]
+
+
+def train_router(
+    setup: Setup, recipe: Any, opts: TrainOptions = TrainOptions(), *, force: bool = False, build: bool = True,
+    **run: Any,
+) -> RouterResult:
+    """Train a router of ``recipe.kind`` over the experts (an up-to-date one is reused unless ``force``).
+
+    Missing corpora or experts are built first (with ``opts.resume``), or, with ``build=False``, refused with
+    the command that builds them. A stale router is retrained. ``run``: the kind's run switches.
+    """
+    kind = router_kind(recipe.kind)
+    check_options(kind, run)
+    missing = missing_prerequisites(setup)
+    if missing and not build:
+        raise MissingArtifactError(f"missing: {', '.join(missing)}", hint="run `moe-experts quickstart` first")
+    built: list[str] = []
+    if missing:
+        logger.info("missing prerequisites (%s): building them first", ", ".join(missing))
+        built = ensure_experts(setup, replace(opts, restart=False, force=False, update=True))
+    manifest = ensure_router(setup, recipe, opts, force=force, update=True, **run)
+    return RouterResult(kind.name, kind.folder(setup.workspace.root), recipe, tuple(built), manifest)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    folder: Path  # reports/<name or stamp>/ with report.md, report.json, report.html and the plots
+    report: dict[str, Any]  # what report.json holds
+
+
+def evaluate(setup: Setup, opts: Any, name: str | None = None) -> EvalResult:
+    """Score every system on the test split with ``opts`` (an ``EvalOptions``) and write a new report.
+
+    ``name`` is the report folder under reports/ (default: a UTC time stamp); a taken name is refused
+    before the evaluation starts, and an existing report is never overwritten.
+    """
+    from moe_experts.evaluation.report import new_report_dir, write_report
+    from moe_experts.evaluation.runner import run_eval
+
+    new_report_dir(setup.workspace.reports_dir, name)  # refuse a taken name before an hour of work
+    logger.info("evaluating on the test split of %s%s", ", ".join(opts.domains or setup.registry.domains),
+                f" (at most {opts.max_docs} documents a domain)" if opts.max_docs else "")
+    report = run_eval(setup, opts)
+    return EvalResult(write_report(report, setup.workspace.reports_dir, name), report)
+
+
+def report_spread(reports: Sequence[str], reports_dir: Path) -> dict[str, Any]:
+    """The spread of the headline ratios over training seeds, from one report per seed.
+
+    Each of ``reports`` is a report folder, a report.json, or a name under ``reports_dir``; every one is
+    validated against the report schema first.
+    """
+    from moe_experts.evaluation.report import load_report, resolve_report, validate
+    from moe_experts.evaluation.spread import seed_spread
+
+    loaded = [load_report(resolve_report(r, reports_dir)) for r in reports]
+    for report in loaded:
+        validate(report)
+    return seed_spread(loaded)
+
+
+def ask_doc(
+    setup: Setup, requests: Sequence[Any], *, top_k: int = 1, expert: str | None = None,
+    overrides: dict[str, Any] | None = None, explain: bool = False,
+) -> list[Any]:
+    """Answer ``requests`` (``inference.ask.Request``) through the workspace's document router.
+
+    The router is refused when it was built for other experts or another embedder; changed corpora
+    are ``train-router``'s business, not this one's.
+    """
+    from moe_experts.inference.ask import ask, check_expert
+    from moe_experts.routing.doc_router import DocRouter, router_dir
+
+    check_expert(setup, expert)  # before loading anything
+    router = DocRouter.load(router_dir(setup.workspace.root), setup.registry)
+    router.warm_up()
+    return ask(setup, router, requests, top_k=top_k, expert=expert, overrides=overrides, explain=explain)
