@@ -62,7 +62,7 @@ def main() -> None:
 
     import torch
 
-    from moe_experts.evaluation.systems import model_flops
+    from moe_experts.modeling.flops import model_size
     from moe_experts.routing.train_token import train_token_router
 
     source = Workspace(Path(args.workspace).absolute())
@@ -88,7 +88,7 @@ def main() -> None:
         config = AutoConfig.from_pretrained(scratch.root / "routers" / "token")
         shutil.rmtree(scratch.root / "routers", ignore_errors=True)
     t = manifest["training"]
-    _, active, _ = model_flops(config, preset.seq_len)
+    active = model_size(config, preset.seq_len).active_parameters
     tokens_per_s = t["tokens"] / t["seconds"]
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else cpu_model()

@@ -32,7 +32,7 @@ from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E4
 from moe_experts.config import load_preset, load_registry  # noqa: E402
 from moe_experts.data.build import iter_documents  # noqa: E402
 from moe_experts.data.split import unit_hash  # noqa: E402
-from moe_experts.evaluation.metrics import accuracy, confusion_matrix, macro_f1  # noqa: E402
+from moe_experts.routing.classifier import accuracy, confusion_matrix, macro_f1  # noqa: E402
 from moe_experts.modeling.stages import Setup  # noqa: E402
 from moe_experts.routing.doc_router import DOCUMENTS, DocRouter, router_dir  # noqa: E402
 from moe_experts.routing.train_doc import embed_cached  # noqa: E402
