@@ -1,0 +1,238 @@
+"""The public Python API: one object over a workspace, typed results.
+
+    from moe_experts import MoE
+
+    moe = MoE.open(cards="experts", preset="tiny")       # workspace: runs/tiny
+    moe.build()                                          # corpora, tokenizer, seed, experts, generalist, router
+    [d.expert for d in moe.route(["What is the ICD-10 code for asthma?"])]
+    moe.generate("def read_lines(path):", max_new_tokens=16)[0].text
+    moe.evaluate(max_docs=50).ratio_to_generalist["doc-top1"]
+
+Everything the CLI does goes through the same library calls; the CLI only
+parses flags and prints. Nothing here reads files relative to the current
+folder: recipes are objects or paths you pass, or the built-in defaults.
+Heavy libraries load on first use, not on import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from moe_experts.config import DocRouterRecipe, ExpertRegistry, Preset, TokenRouterRecipe
+    from moe_experts.inference.ask import Answer
+    from moe_experts.modeling.stages import Setup
+    from moe_experts.routing.doc_router import DocRouter, RoutingDecision
+    from moe_experts.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    system: str
+    domain: str
+    value: float
+    threshold: float
+    met: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    """An evaluation report: the headline numbers typed, the whole report.json in ``data``."""
+
+    name: str
+    folder: Path | None  # where report.md / .json / .html were written (None: not written)
+    domains: tuple[str, ...]
+    systems: tuple[str, ...]
+    bits_per_byte: Mapping[str, Mapping[str, float]]  # system -> domain -> bits per byte (test split)
+    ratio_to_generalist: Mapping[str, Mapping[str, float]]  # system -> domain -> ratio of bits per byte
+    targets: tuple[Target, ...]
+    data: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], folder: Path | None = None) -> Report:
+        vs = data["lm"]["vs_baseline"]
+        return cls(
+            name=data["name"], folder=folder, domains=tuple(data["domains"]), systems=tuple(data["systems"]),
+            bits_per_byte=data["lm"]["bits_per_byte"],
+            ratio_to_generalist={s: {d: v["ratio"] for d, v in per.items()} for s, per in vs.items()},
+            targets=tuple(Target(t["name"], t["system"], t["domain"], t["value"], t["threshold"], t["met"])
+                          for t in data["targets"]),
+            data=data,
+        )
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``build`` did: each stage's seconds and whether it was built now, the sanity failures, the report."""
+
+    stages: tuple[tuple[str, float, bool], ...]  # (stage, seconds, built now)
+    sanity_failures: tuple[str, ...]
+    report: Report | None
+
+
+@dataclass(frozen=True)
+class RouterInfo:
+    kind: str
+    folder: Path
+    trained: bool  # False: an up-to-date router was reused
+    manifest: Mapping[str, Any] = field(repr=False)
+
+
+class MoE:
+    """Domain experts behind a learned router, in one workspace. Open it with ``MoE.open``."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self._doc_router: DocRouter | None = None
+        self._pool: Any = None
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, cards: str | Path | ExpertRegistry = "experts", preset: str | Path | Preset = "tiny",
+             workspace: str | Path | None = None, *, seed: int | None = None) -> MoE:
+        """A workspace for these cards and this preset (a shipped name, a YAML path, or a ``Preset``).
+
+        ``workspace`` defaults to ``runs/<preset>`` (``runs/<preset>-seed<N>`` for another training
+        ``seed``); it is created when missing and refused when it was built for another preset.
+        """
+        from moe_experts.config import ExpertRegistry, Preset, load_preset, load_registry
+        from moe_experts.modeling.stages import Setup
+        from moe_experts.workspace import resolve_workspace
+
+        loaded = preset if isinstance(preset, Preset) else load_preset(str(preset))
+        name = loaded.name
+        if seed is not None and seed != loaded.seed:
+            loaded, name = loaded.model_copy(update={"seed": seed}), f"{loaded.name}-seed{seed}"
+        registry = cards if isinstance(cards, ExpertRegistry) else load_registry(Path(cards))
+        ws = resolve_workspace(None if workspace is None else str(workspace), name)
+        ws.open(loaded.name, loaded.fingerprint())
+        return cls(Setup(workspace=ws, registry=registry, preset=loaded))
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.setup.workspace
+
+    @property
+    def experts(self) -> list[str]:
+        return self.setup.registry.names
+
+    def __repr__(self) -> str:
+        return f"MoE(preset={self.setup.preset.name!r}, experts={self.experts}, workspace={str(self.workspace.root)!r})"
+
+    # ------------------------------------------------------------------ building
+    def build(self, *, update: bool = False, resume: bool = False, restart: bool = False, strict: bool = False,
+              doc_router: DocRouterRecipe | Path | None = None, eval_max_docs: int | None = 300) -> BuildResult:
+        """Build whatever is missing (corpora, tokenizer, seed, experts, generalist, document router), reuse the rest.
+
+        It ends with the evaluation report on the test split (``eval_max_docs`` documents a domain; reused
+        when one was computed from the same inputs): what ``moe-experts quickstart`` does.
+        """
+        from moe_experts.evaluation.runner import EvalOptions
+        from moe_experts.modeling.stages import TrainOptions
+        from moe_experts.pipeline import quickstart
+
+        result = quickstart(self.setup, TrainOptions(resume=resume, restart=restart, update=update), strict=strict,
+                            recipe=_doc_recipe(doc_router), evaluation=EvalOptions(max_docs=eval_max_docs))
+        self._doc_router = None  # a retrained router is loaded afresh
+        report = Report.from_json(result.report, result.report_dir) if result.report is not None else None
+        return BuildResult(stages=tuple((t.stage, t.seconds, t.built) for t in result.timings),
+                           sanity_failures=tuple(result.sanity.failures) if result.sanity else (), report=report)
+
+    def train_router(self, kind: Literal["doc", "token"] = "doc", recipe: Any = None, *, force: bool = False,
+                     resume: bool = False, restart: bool = False, unsupervised: bool = False) -> RouterInfo:
+        """Train the document router (``doc``) or the token-level MoE (``token``); an up-to-date one is reused."""
+        from moe_experts.errors import ConfigError
+        from moe_experts.modeling.stages import TrainOptions
+        from moe_experts.pipeline import ensure_doc_router
+        from moe_experts.routing.doc_router import router_dir
+        from moe_experts.routing.train_token import token_router_dir, token_router_status, train_token_router
+        from moe_experts.workspace import MANIFEST, read_json
+
+        if kind == "doc":
+            manifest = ensure_doc_router(self.setup, _doc_recipe(recipe), force=force, unsupervised=unsupervised)
+            folder = router_dir(self.workspace.root)
+            self._doc_router = None
+            trained = manifest is not None
+            return RouterInfo("doc", folder, trained, manifest or read_json(folder / "router.json"))
+        if kind == "token":
+            rec = _token_recipe(recipe)
+            folder = token_router_dir(self.workspace.root)
+            status, _ = token_router_status(self.setup, rec)
+            if status == "current" and not force:
+                return RouterInfo("token", folder, False, read_json(folder / MANIFEST))
+            manifest = train_token_router(self.setup, rec, TrainOptions(resume=resume, restart=restart))
+            return RouterInfo("token", folder, True, manifest)
+        raise ConfigError(f"unknown router kind '{kind}'", hint="use 'doc' or 'token'")
+
+    # ------------------------------------------------------------------ serving
+    def router(self) -> DocRouter:
+        """The document router, loaded once (refused when built for other experts or another embedder)."""
+        if self._doc_router is None:
+            from moe_experts.routing.doc_router import DocRouter, router_dir
+
+            self._doc_router = DocRouter.load(router_dir(self.workspace.root), self.setup.registry)
+        return self._doc_router
+
+    def route(self, texts: str | Sequence[str], *, explain: bool = False) -> list[RoutingDecision]:
+        """Routing decisions (expert, posterior, whether it abstained and why), one per text."""
+        from moe_experts.inference.ask import check_request
+
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        for i, text in enumerate(batch):
+            check_request(text, where=f"text {i}")
+        decisions, _ = self.router().route(batch, explain=explain)
+        return decisions
+
+    def generate(self, requests: str | Sequence[str], *, top_k: int = 1, expert: str | None = None,
+                 max_new_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                 explain: bool = False) -> list[Answer]:
+        """Route each request, then answer it with its expert (or the posterior-weighted top-k mixture).
+
+        Settings left None come from each expert's card. Every ``Answer`` carries the decision beside the text.
+        """
+        from moe_experts.inference.ask import ExpertPool, Request, ask, check_request
+
+        batch = [requests] if isinstance(requests, str) else list(requests)
+        reqs = [Request(text=check_request(t, where=f"request {i}"), id=str(i)) for i, t in enumerate(batch)]
+        if self._pool is None:
+            self._pool = ExpertPool(self.setup)
+        overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+        return ask(self.setup, self.router(), reqs, top_k=top_k, expert=expert, overrides=overrides, explain=explain,
+                   pool=self._pool)
+
+    # ------------------------------------------------------------------ evaluating
+    def evaluate(self, *, domains: Sequence[str] | None = None, systems: Sequence[str] | None = None,
+                 max_docs: int | None = None, top_k: int = 2, resamples: int = 1000, seed: int = 0,
+                 suites: bool = True, timing: bool = True, write: bool = True, name: str | None = None) -> Report:
+        """Score every system on the test split; with ``write`` the report goes to reports/<stamp or name>/."""
+        from moe_experts.evaluation.report import new_report_dir, write_report
+        from moe_experts.evaluation.runner import EvalOptions, run_eval
+
+        opts = EvalOptions(domains=tuple(domains) if domains else None, systems=tuple(systems) if systems else None,
+                           max_docs=max_docs, top_k=top_k, resamples=resamples, seed=seed, suites=suites,
+                           speed_prompts=4 if timing else 0, latency_requests=50 if timing else 0)
+        if write:
+            new_report_dir(self.workspace.reports_dir, name)  # a taken name is refused before the work
+        data = run_eval(self.setup, opts)
+        folder = write_report(data, self.workspace.reports_dir, name) if write else None
+        return Report.from_json(data, folder)
+
+
+def _doc_recipe(recipe: Any) -> DocRouterRecipe:
+    from moe_experts.config import DocRouterRecipe, load_recipe
+
+    if recipe is None or isinstance(recipe, DocRouterRecipe):
+        return recipe or DocRouterRecipe()
+    return load_recipe(Path(recipe))
+
+
+def _token_recipe(recipe: Any) -> TokenRouterRecipe:
+    from moe_experts.config import TokenRouterRecipe, load_token_recipe
+
+    if recipe is None or isinstance(recipe, TokenRouterRecipe):
+        return recipe or TokenRouterRecipe()
+    return load_token_recipe(Path(recipe))
