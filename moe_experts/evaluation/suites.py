@@ -64,7 +64,6 @@ from moe_experts.config import (
     ExpertCard,
     ExpertRegistry,
     StrictModel,
-    hash_json,
     load_yaml_model,
 )
 from moe_experts.data.build import Document, corpora_dir, iter_documents
@@ -170,9 +169,6 @@ class SuiteRecipe(StrictModel):
             )
         return self
 
-    def fingerprint(self) -> str:
-        return hash_json(self.model_dump(mode="json"))
-
 
 def load_suite_recipe(path: Path | None) -> SuiteRecipe:
     """A suites recipe YAML (default: eval/suites.yaml when present, else built-in defaults)."""
@@ -218,33 +214,31 @@ class SuiteItem:
 
 
 def build_suites(
-    ws: Workspace, registry: ExpertRegistry, recipe: SuiteRecipe, *, corpus_hashes: Mapping[str, Any] | None = None
+    ws: Workspace, registry: ExpertRegistry, recipe: SuiteRecipe, *, corpus_hashes: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, list[SuiteItem]]:
     """Build every suite in memory; each of ``SUITES`` is a key, empty when skipped.
 
     ``corpus_hashes`` (the corpora manifest's ``domains``, or ``current_corpus_hashes``)
-    makes the build refuse split files whose content differs from them.
+    makes the build refuse split files whose content differs from them; what the
+    build had to skip or shorten is appended to ``notes``.
     """
-    return _build(ws, registry, recipe, corpus_hashes)[0]
-
-
-def _build(
-    ws: Workspace, registry: ExpertRegistry, recipe: SuiteRecipe, corpus_hashes: Mapping[str, Any] | None
-) -> tuple[dict[str, list[SuiteItem]], list[str]]:
     fallback = _fallback(registry)
     if corpus_hashes is not None:
         _check_hashes(ws, registry, corpus_hashes)
     test = {c.domain: _test_documents(ws, c.domain, c.name) for c in registry.cards}
-    notes: list[str] = []
+    found: list[str] = []
     suites = {
-        "mixed": _mixed(registry, recipe, test, notes),
-        "out_of_domain": _out_of_domain(registry, recipe, test, fallback.name, notes),
-        "adversarial": _adversarial(ws, registry, recipe, test, notes),
+        "mixed": _mixed(registry, recipe, test, found),
+        "out_of_domain": _out_of_domain(registry, recipe, test, fallback.name, found),
+        "adversarial": _adversarial(ws, registry, recipe, test, found),
     }
-    for note in notes:
+    for note in found:
         logger.warning("routing suites: %s", note)
     logger.info("routing suites: %s", ", ".join(f"{k} {len(v)}" for k, v in suites.items()))
-    return suites, notes
+    if notes is not None:
+        notes.extend(found)
+    return suites
 
 
 def _fallback(registry: ExpertRegistry) -> ExpertCard:
@@ -516,7 +510,9 @@ def ensure_suites(
             logger.info("routing suites: rebuilding (%s changed)", ", ".join(changed))
         except (WorkspaceError, ValueError, TypeError, KeyError, AttributeError) as exc:
             logger.warning("routing suites: rebuilding unreadable %s (%s)", folder, exc)
-    suites, notes = _build(ws, registry, recipe, None)
+    notes: list[str] = []
+    # built from exactly the corpus files the manifest records (refused if one changed meanwhile)
+    suites = build_suites(ws, registry, recipe, corpus_hashes=inputs["corpus_hashes"], notes=notes)
     with atomic_dir(folder) as tmp:
         for name, items in suites.items():
             (tmp / f"{name}.jsonl").write_text("".join(i.to_json() + "\n" for i in items), encoding="utf-8")

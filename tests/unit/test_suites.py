@@ -299,16 +299,16 @@ def test_ensure_suites_writes_reuses_and_rebuilds(tmp_path: Path, registry, buil
     assert manifest["corpus_hashes"] == current_corpus_hashes(ws, registry)
     assert _dump(load_suites(folder)) == _dump(built)  # round trip
 
-    real_build = suites_mod._build
+    real_build = suites_mod.build_suites
 
     def refuse(*args, **kwargs):
         raise AssertionError("rebuilt although nothing changed")
 
-    monkeypatch.setattr(suites_mod, "_build", refuse)
+    monkeypatch.setattr(suites_mod, "build_suites", refuse)
     assert _dump(ensure_suites(ws, registry, SuiteRecipe())) == _dump(built)
 
     calls = []
-    monkeypatch.setattr(suites_mod, "_build", lambda *a: calls.append(1) or real_build(*a))
+    monkeypatch.setattr(suites_mod, "build_suites", lambda *a, **kw: calls.append(1) or real_build(*a, **kw))
     reseeded = ensure_suites(ws, registry, SuiteRecipe(seed=7))  # recipe changed
     assert calls and _dump(reseeded) != _dump(built)
     assert json.loads((folder / "manifest.json").read_text())["seed"] == 7
