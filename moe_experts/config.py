@@ -29,6 +29,10 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def fingerprint(self) -> str:
+        """A stable hash of every field, recorded in what is built from this config and compared on reuse."""
+        return hash_json(self.model_dump(mode="json"))
+
 
 # The union of every registered source's params, discriminated by ``kind``:
 # a card naming an unknown kind fails with the list of known ones.
@@ -407,9 +411,6 @@ class Preset(StrictModel):
             weight_decay=self.seed_phase.weight_decay,
         )
 
-    def fingerprint(self) -> str:
-        return hash_json(self.model_dump(mode="json"))
-
 
 def shipped_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
@@ -510,9 +511,6 @@ class DocRouterRecipe(StrictModel):
     unsupervised: UnsupervisedRecipe = UnsupervisedRecipe()
     seed: int = 0
 
-    def fingerprint(self) -> str:
-        return hash_json(self.model_dump(mode="json"))
-
 
 class TokenTraining(_Schedule):
     """The token router's training phase; the peak learning rate defaults to the one the experts were trained at.
@@ -559,9 +557,6 @@ class TokenRouterRecipe(StrictModel):
     dead_expert_share: float = Field(
         default=0.05, ge=0.0, lt=1.0, description="An expert under this share of a layer's tokens is dead.")
     seed: int = 0
-
-    def fingerprint(self) -> str:
-        return hash_json(self.model_dump(mode="json"))
 
 
 def load_token_recipe(path: Path | None) -> TokenRouterRecipe:
