@@ -1,14 +1,17 @@
 """The workspace folder: where every artifact of a run lives, and how it is written.
 
-Layout (see DESIGN.md)::
+Layout (README.md, "Artifacts", says what each holds)::
 
     runs/<name>/
       workspace.json                    preset and versions the workspace was created with
       corpora/<domain>/{train,val,test}.jsonl, manifest.json
       tokenizer/                        tokenizer.json + build manifest
-      tokens/<tokenizer hash>/<domain>/{train,val}.npy   token streams (cache)
+      tokens/<tokenizer hash>/<domain>/{train,val,test}.npy   token streams (cache)
       checkpoints/<stage>/checkpoint-N/ resumable training state
       models/<name>/                    save_pretrained + build manifest
+      embeddings/<embedder hash>/       cached document embeddings
+      routers/doc/, routers/token/      the document router; the token-level MoE checkpoint
+      eval/suites/                      routing suites built from the test split
       reports/                          sanity check and evaluation reports
 
 Every artifact is written into a temporary sibling folder and renamed into

@@ -33,9 +33,8 @@ logger = logging.getLogger(__name__)
 class BlockDataset:
     """``length`` blocks of ``seq_len`` tokens cut at seeded random offsets from token streams.
 
-    Item ``i`` comes from stream ``i % len(streams)`` (with equal ``weights``, a
-    uniform mixture over domains), so every optimiser step sees the domains in
-    the same proportion. Offsets are drawn once from ``seed``: the dataset, and
+    Item ``i`` comes from stream ``i % len(streams)``: a uniform mixture over
+    domains, so every optimiser step sees the domains in the same proportion. Offsets are drawn once from ``seed``: the dataset, and
     so the run, is reproducible.
     """
 

@@ -59,5 +59,4 @@ def _expert_load(ctx: EvalContext, loaded: LoadedModel) -> dict[str, Any]:
 def token_moe(setup: Setup, options: LineUpOptions) -> list[System]:
     return [TokenMoESystem("token-moe", "moe", "token-level sparse MoE (experts' FFNs, trained gates)",
                            "token-moe", token_router_dir(setup.workspace.root),
-                           "the token-level router is not built (`moe-experts train-router --kind token`, "
-                           "the token-level router issue)")]
+                           "build it with `moe-experts train-router --kind token`")]
