@@ -50,6 +50,75 @@ def test_help_is_light():
     assert out.stdout.strip() == "[]"
 
 
+HEAVY = ("torch", "transformers", "faiss", "sentence_transformers", "numpy", "moe_experts.config", "moe_experts.pipeline")
+
+
+def test_import_and_every_help_are_light():
+    """Importing the CLI, and --help of every command, loads none of the heavy libraries nor the library's config."""
+    code = (
+        "import sys, click; import moe_experts.cli; from moe_experts.cli import cli; from click.testing import CliRunner;"
+        f"heavy = {HEAVY!r}; assert not [m for m in heavy if m in sys.modules], 'on import';"
+        "paths = [[]] + [[n] for n in cli.commands]"
+        " + [[n, s] for n, c in cli.commands.items() if isinstance(c, click.Group) for s in c.commands];"
+        "outs = [CliRunner().invoke(cli, [*p, '--help']) for p in paths];"
+        "assert all(r.exit_code == 0 for r in outs), [r.output for r in outs if r.exit_code];"
+        "print(len(paths), sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(maxsplit=1)[1].strip() == "[]" and int(out.stdout.split()[0]) > 10
+
+
+# A router kind added the documented way: one class, one registry entry, and nothing in the CLI.
+_FAKE_KIND = """
+from typing import Literal
+from moe_experts.config import StrictModel
+from moe_experts.routing.kinds import ROUTER_KINDS, RouterKind, RouterStatus
+
+class FakeRecipe(StrictModel):
+    kind: Literal["fake"] = "fake"
+
+class FakeKind(RouterKind):
+    name, title, summary, default_recipe_file = "fake", "fake router", "a kind the test registered", "fake.yaml"
+    recipe_model = FakeRecipe
+    def folder(self, root):
+        return root / "routers" / "fake"
+    def status(self, setup, recipe):
+        return RouterStatus("missing")
+    def train(self, setup, recipe, opts):
+        print("trained", recipe.kind)
+        return {"name": "fake"}
+
+ROUTER_KINDS["fake"] = FakeKind()
+"""
+
+
+def test_train_router_kinds_come_from_the_registry(tmp_path: Path):
+    from moe_experts.routing.kinds import ROUTER_KINDS
+
+    cards = write_test_cards(tmp_path / "cards")
+    code = _FAKE_KIND + f"""
+import json, moe_experts.pipeline
+from click.testing import CliRunner
+from moe_experts.cli import cli
+moe_experts.pipeline.missing_prerequisites = lambda setup: []  # the fake kind needs no experts
+kind = next(p for p in cli.commands["train-router"].params if p.name == "kind")
+print(json.dumps(list(kind.type.choices)))
+print(" ".join(CliRunner().invoke(cli, ["train-router", "--help"]).output.split()))
+run = CliRunner().invoke(cli, ["--preset", "micro", "--cards", {str(cards)!r}, "-w", {str(tmp_path / "ws")!r},
+                               "train-router", "--kind", "fake"], catch_exceptions=False)
+print(run.exit_code)
+print(run.output)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    choices, help_text, exit_code, *output = out.stdout.splitlines()
+    assert json.loads(choices) == [*ROUTER_KINDS, "fake"]
+    assert "--kind [doc|token|fake]" in help_text and "fake: a kind the test registered" in help_text
+    assert exit_code == "0" and "trained fake" in output and f"fake router: {tmp_path / 'ws' / 'routers' / 'fake'}" in output
+
+
 def test_quickstart_end_to_end(cli_workspace):
     cards, ws = cli_workspace
     for name in ("seed", "code", "general", "law", "medicine", "generalist"):

@@ -1,29 +1,17 @@
-"""``moe-experts eval``: the per-domain scoreboard, and ``eval compare`` of two reports.
-
-Thin like the rest of the CLI: parse, call ``moe_experts.evaluation``, print.
-Registered on the main group by ``moe_experts.cli``.
-"""
+"""``moe-experts eval``: the per-domain scoreboard, ``eval compare`` of two reports, ``eval spread`` over seeds."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-from moe_experts.cli import _setup, cli
+from moe_experts.cli.common import csv_names, load_setup, state
+from moe_experts.cli.printing import print_report_summary
 
 
-def _csv(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not items:
-        raise click.BadParameter("give at least one name (comma-separated)")
-    return items
-
-
-@cli.group("eval", invoke_without_command=True)
+@click.group("eval", invoke_without_command=True)
 @click.option("--domains", metavar="A,B", help="Only these domains [default: every card's].")
 @click.option("--systems", metavar="A,B", help="Only these systems; glob patterns work ('expert:*', 'doc-*') [default: all].")
 @click.option("--max-docs", type=int, metavar="N", help="At most N test documents a domain (a fixed hash-ordered sample).")
@@ -52,42 +40,14 @@ def eval_cmd(ctx: click.Context, domains: str | None, systems: str | None, max_d
     if ctx.invoked_subcommand is not None:
         return
     from moe_experts.evaluation.runner import EvalOptions
+    from moe_experts.pipeline import evaluate
 
-    setup = _setup(ctx)
-    opts = EvalOptions(domains=_csv(domains), systems=_csv(systems), max_docs=max_docs, top_k=top_k,
+    setup = load_setup(ctx)
+    opts = EvalOptions(domains=csv_names(domains), systems=csv_names(systems), max_docs=max_docs, top_k=top_k,
                        resamples=resamples, seed=seed, suites=not no_suites, suite_recipe=suites_recipe,
                        speed_prompts=0 if no_timing else 4, latency_requests=0 if no_timing else 50)
-    folder, report = evaluate_and_write(setup, opts, name)
-    print_report_summary(report, folder)
-
-
-def evaluate_and_write(setup: Any, opts: Any, name: str | None = None) -> tuple[Path, dict[str, Any]]:
-    from moe_experts.evaluation.report import new_report_dir, write_report
-    from moe_experts.evaluation.runner import run_eval
-
-    new_report_dir(setup.workspace.reports_dir, name)  # refuse a taken --name before an hour of work
-    click.echo(f"evaluating on the test split of {', '.join(opts.domains or setup.registry.domains)}"
-               + (f" (at most {opts.max_docs} documents a domain)" if opts.max_docs else ""), err=True)
-    report = run_eval(setup, opts)
-    return write_report(report, setup.workspace.reports_dir, name), report
-
-
-def print_report_summary(report: dict[str, Any], folder: Path) -> None:
-    from moe_experts.evaluation.report import headline_table, plain
-
-    for s in report["skipped"]:
-        click.echo(f"skipped {s['name']}: {s['reason']} -> {s['hint']}")
-    click.echo("")
-    click.echo(plain(headline_table(report)))
-    missed = [t for t in report["targets"] if not t["met"]]
-    if report["targets"]:
-        click.echo(f"\ntargets: {len(report['targets']) - len(missed)}/{len(report['targets'])} met")
-        for t in missed:
-            click.echo(f"  not met: {t['name']} on {t['domain']}: {t['value']:.4f} > {t['threshold']}")
-    for note in report["notes"]:
-        if not note.startswith("skipped "):
-            click.echo(f"note: {note}")
-    click.echo(f"\nreport: {folder}/report.md  (html: {folder}/report.html, json: {folder}/report.json)")
+    result = evaluate(setup, opts, name)
+    print_report_summary(result.report, result.folder)
 
 
 @eval_cmd.command("compare")
@@ -97,20 +57,11 @@ def print_report_summary(report: dict[str, Any], folder: Path) -> None:
 def eval_compare(ctx: click.Context, report_a: str, report_b: str) -> None:
     """Show what changed from report A to report B (folders, report.json files, or names under reports/)."""
     from moe_experts.evaluation.report import compare_paths, plain
-    from moe_experts.workspace import resolve_workspace
 
-    state = ctx.find_root().obj
-    reports_dir = resolve_workspace(state.workspace_arg, _preset_name(state.preset_arg)).reports_dir
-    a, b, table_list = compare_paths(report_a, report_b, reports_dir)
+    a, b, table_list = compare_paths(report_a, report_b, _reports_dir(ctx))
     click.echo(f"A: {a['name']} ({a['created']}, preset {a['preset']})\nB: {b['name']} ({b['created']}, preset {b['preset']})\n")
     for t in table_list:
         click.echo(plain(t) + "\n")
-
-
-def _preset_name(arg: str) -> str:
-    """The preset's name without loading it (compare needs only the workspace folder)."""
-    path = Path(arg)
-    return path.stem if path.suffix in (".yaml", ".yml") else arg
 
 
 @eval_cmd.command("spread")
@@ -124,21 +75,24 @@ def eval_spread(ctx: click.Context, reports: tuple[str, ...], json_out: Path | N
     Train each seed in its own workspace (`moe-experts --seed N quickstart` uses runs/<preset>-seed<N>),
     then give every report. A target counts as met only when the seeds' mean and its interval clear it.
     """
-    import json
+    from moe_experts.evaluation.report import plain
+    from moe_experts.evaluation.spread import spread_tables
+    from moe_experts.pipeline import report_spread
 
-    from moe_experts.evaluation.report import load_report, plain, resolve_report, validate
-    from moe_experts.evaluation.spread import seed_spread, spread_tables
-    from moe_experts.workspace import resolve_workspace
-
-    state = ctx.find_root().obj
-    reports_dir = resolve_workspace(state.workspace_arg, _preset_name(state.preset_arg)).reports_dir
-    loaded = [load_report(resolve_report(r, reports_dir)) for r in reports]
-    for report in loaded:
-        validate(report)
-    result = seed_spread(loaded)
+    result = report_spread(reports, _reports_dir(ctx))
     for t in spread_tables(result):
         click.echo(plain(t) + "\n")
     met = sum(t["met"] for t in result["targets"])
     click.echo(f"targets: {met}/{len(result['targets'])} met on the mean and its interval over {result['seeds']} seeds")
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def _reports_dir(ctx: click.Context) -> Path:
+    """The workspace's reports folder without loading the preset or the cards (reading reports needs neither)."""
+    from moe_experts.workspace import resolve_workspace
+
+    s = state(ctx)
+    path = Path(s.preset_arg)
+    preset_name = path.stem if path.suffix in (".yaml", ".yml") else s.preset_arg
+    return resolve_workspace(s.workspace_arg, preset_name).reports_dir

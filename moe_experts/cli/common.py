@@ -1,0 +1,71 @@
+"""What every command family shares: the workspace accessor, training options, list parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from moe_experts.modeling.stages import Setup, TrainOptions
+
+
+class State:
+    """The global options, and the setup they describe once a command asks for it."""
+
+    def __init__(self, workspace: str | None, preset: str, cards: str, seed: int | None = None) -> None:
+        self.workspace_arg, self.preset_arg, self.cards_arg, self.seed = workspace, preset, cards, seed
+        self._setup: Setup | None = None
+
+    def setup(self) -> Setup:
+        """Load and validate the preset and cards, and open the workspace (once)."""
+        if self._setup is None:
+            from moe_experts.config import load_preset, load_registry
+            from moe_experts.modeling.stages import Setup
+            from moe_experts.workspace import resolve_workspace
+
+            preset = load_preset(self.preset_arg)
+            name = preset.name
+            if self.seed is not None and self.seed != preset.seed:
+                # another training seed is another experiment: its own workspace by default
+                preset, name = preset.model_copy(update={"seed": self.seed}), f"{preset.name}-seed{self.seed}"
+            registry = load_registry(Path(self.cards_arg))
+            ws = resolve_workspace(self.workspace_arg, name)
+            ws.open(preset.name, preset.fingerprint())
+            self._setup = Setup(workspace=ws, registry=registry, preset=preset)
+        return self._setup
+
+
+def state(ctx: click.Context) -> State:
+    return ctx.find_object(State)
+
+
+def load_setup(ctx: click.Context) -> Setup:
+    return state(ctx).setup()
+
+
+def train_options(resume: bool, restart: bool, force: bool = False, update: bool = False) -> TrainOptions:
+    from moe_experts.modeling.stages import TrainOptions
+
+    return TrainOptions(resume=resume, restart=restart, force=force, update=update)
+
+
+resume_option = click.option("--resume", is_flag=True, help="Continue an interrupted training run from its last checkpoint.")
+restart_option = click.option("--restart", is_flag=True, help="Discard an interrupted training run and start over.")
+
+
+def domain_list(value: tuple[str, ...]) -> list[str] | None:
+    """A repeatable ``A,B`` option as one list; None when not given."""
+    names = [d.strip() for v in value for d in v.split(",") if d.strip()]
+    return names or None
+
+
+def csv_names(value: str | None) -> tuple[str, ...] | None:
+    """An ``A,B`` option as a tuple; None when not given, an error when given empty."""
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise click.BadParameter("give at least one name (comma-separated)")
+    return items

@@ -1,0 +1,58 @@
+"""``moe-experts train``: the starter models (Branch-Train-Merge) and the generalist baselines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from moe_experts.cli.common import domain_list, load_setup, restart_option, resume_option, train_options
+
+
+@click.group()
+def train() -> None:
+    """Train the starter models (Branch-Train-Merge) and the generalist baselines."""
+
+
+def _training_command(fn: Any) -> Any:
+    for option in (
+        click.option("--force", is_flag=True, help="Retrain even when the model is up to date."),
+        restart_option,
+        resume_option,
+    ):
+        fn = option(fn)
+    return click.pass_context(fn)
+
+
+@train.command("seed")
+@_training_command
+def train_seed_cmd(ctx: click.Context, resume: bool, restart: bool, force: bool) -> None:
+    """Pretrain the seed model on the mixture of every domain."""
+    from moe_experts.modeling.stages import train_seed
+
+    setup = load_setup(ctx)
+    built = train_seed(setup, train_options(resume, restart, force))
+    click.echo(f"seed: {'trained' if built.trained else 'up to date'} ({setup.workspace.model_dir('seed')})")
+
+
+@train.command("experts")
+@click.option("--domains", "-d", multiple=True, metavar="A,B", help="Only these domains (default: every starter card).")
+@_training_command
+def train_experts_cmd(ctx: click.Context, domains: tuple[str, ...], resume: bool, restart: bool, force: bool) -> None:
+    """Branch the seed into one expert per starter card, each trained on its own domain."""
+    from moe_experts.modeling.stages import train_experts
+
+    setup = load_setup(ctx)
+    for built in train_experts(setup, domain_list(domains), train_options(resume, restart, force)):
+        click.echo(f"{built.name}: {'trained' if built.trained else 'up to date'} ({setup.workspace.model_dir(built.name)})")
+
+
+@train.command("generalist")
+@_training_command
+def train_generalist_cmd(ctx: click.Context, resume: bool, restart: bool, force: bool) -> None:
+    """Train the compute-matched generalist (and the parameter-matched one if the preset asks)."""
+    from moe_experts.modeling.stages import train_generalists
+
+    setup = load_setup(ctx)
+    for built in train_generalists(setup, train_options(resume, restart, force)):
+        click.echo(f"{built.name}: {'trained' if built.trained else 'up to date'} ({setup.workspace.model_dir(built.name)})")
