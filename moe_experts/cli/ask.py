@@ -43,10 +43,9 @@ def ask(ctx: click.Context, text: str | None, file_: Path | None, router: str, t
 
     if (text is None) == (file_ is None):
         raise RequestError("pass exactly one of --text and --file", hint='moe-experts ask --text "your question"')
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise RequestError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if temperature is not None and temperature < 0:
-        raise RequestError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    from moe_experts.inference.generate import check_generation
+
+    check_generation(max_new_tokens=max_new_tokens, temperature=temperature)  # before any model loads
     requests = _read_requests(text, file_, max_bytes)
 
     overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}

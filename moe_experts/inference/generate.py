@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from moe_experts.errors import RequestError
+
 if TYPE_CHECKING:
     import torch
 
@@ -31,6 +33,34 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIN_PROMPT_FRACTION = 4  # the prompt keeps at least 1/4 of the context, however many tokens are asked for
+
+
+def check_generation(**values: Any) -> None:
+    """Refuse generation settings outside the one set of limits, the card's (``config.GenerationDefaults``).
+
+    Settings left None are not checked; a request, a flag or an API call meets the same bounds as a card.
+    """
+    from pydantic import ValidationError
+
+    from moe_experts.config import GenerationDefaults
+
+    given = {k: v for k, v in values.items() if v is not None}
+    unknown = sorted(set(given) - set(GenerationDefaults.model_fields))
+    if unknown:
+        raise RequestError(f"unknown generation setting(s): {', '.join(unknown)}",
+                           hint=f"use {', '.join(GenerationDefaults.model_fields)}")
+    try:
+        GenerationDefaults.model_validate(given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0])
+        bounds = {k: getattr(m, k) for m in GenerationDefaults.model_fields[name].metadata
+                  for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+        low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds.get('gt')}"
+        high = f"{bounds['le']}]" if "le" in bounds else f"{bounds.get('lt')})"
+        raise RequestError(f"{name}: {err['msg'].lower()}, got {err['input']!r}",
+                           hint=f"use a {name} in {low}, {high}, the limits an expert card's generation block has"
+                           + (" (0 = greedy)" if name == "temperature" else "")) from None
 
 
 @dataclass(frozen=True)
@@ -42,15 +72,8 @@ class GenerationSettings:
     seed: int | None = None  # same seed -> same text
 
     def __post_init__(self) -> None:
-        # Flags can reach here without passing through the card's pydantic model, so check again.
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = none), got {self.repetition_penalty}")
+        check_generation(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                         repetition_penalty=self.repetition_penalty)
 
     @classmethod
     def from_card(cls, defaults: GenerationDefaults, **overrides: Any) -> GenerationSettings:

@@ -6,6 +6,7 @@ import copy
 import logging
 
 import pytest
+from pydantic import ValidationError
 import torch
 
 from moe_experts.config import GenerationDefaults
@@ -103,10 +104,17 @@ def test_settings_from_card_ignores_none_overrides():
     assert GenerationSettings.from_card(card, seed=3).seed == 3
 
 
-@pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"repetition_penalty": 0}])
+@pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"max_new_tokens": 5000}, {"temperature": -1.0},
+                                 {"temperature": 9.0}, {"top_p": 0.0}, {"repetition_penalty": 0}])
 def test_settings_refuse_out_of_range_values(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    """One set of limits: what a card may not set, a request may not ask for either."""
+    from moe_experts.config import GenerationDefaults
+    from moe_experts.errors import RequestError
+
+    with pytest.raises(RequestError, match=next(iter(bad))):
         GenerationSettings(**bad)
+    with pytest.raises(ValidationError):
+        GenerationDefaults(**bad)
 
 
 # --------------------------------------------------------------------------- prompt formatting
