@@ -19,13 +19,15 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moe_experts.config import ExpertRegistry
-from moe_experts.errors import CheckpointError, MissingArtifactError, StaleArtifactError
+from moe_experts.config import DocRouterRecipe, ExpertRegistry
+from moe_experts.data.split import unit_hash
+from moe_experts.errors import CheckpointError, ConfigError, MissingArtifactError, StaleArtifactError
 from moe_experts.routing.classifier import (
     Calibrator,
     LogisticModel,
@@ -35,7 +37,7 @@ from moe_experts.routing.classifier import (
 )
 from moe_experts.routing.embedder import Embedder, resolve_embedder, weights_hash
 from moe_experts.routing.index import IndexInfo, VectorIndex
-from moe_experts.workspace import read_json
+from moe_experts.workspace import Workspace, atomic_dir, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class RoutingDecision:
 
 
 def router_dir(workspace_root: Path) -> Path:
-    return workspace_root / "routers" / "doc"
+    return Workspace(workspace_root).router_dir("doc")
 
 
 class DocRouter:
@@ -103,8 +105,9 @@ class DocRouter:
         index: VectorIndex,
         tensors: dict[str, np.ndarray],
         calibrator: Calibrator,
-        folder: Path,
+        folder: Path | None,
         embedder: Embedder | None = None,
+        documents: list[dict[str, str]] | None = None,
     ) -> None:
         self.manifest = manifest
         self.experts: list[str] = list(manifest["experts"])
@@ -118,7 +121,7 @@ class DocRouter:
         self.calibrator = calibrator
         self.folder = folder
         self._embedder = embedder
-        self._documents: list[dict[str, str]] | None = None
+        self._documents = documents  # id, domain, snippet of every indexed document; read from folder on demand
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -200,6 +203,7 @@ class DocRouter:
 
     def _neighbours(self, sims: np.ndarray, ids: np.ndarray) -> tuple[Neighbour, ...]:
         if self._documents is None:
+            assert self.folder is not None  # a router fitted in memory carries its documents
             with (self.folder / DOCUMENTS).open(encoding="utf-8") as f:
                 self._documents = [json.loads(line) for line in f]
         return tuple(
@@ -213,12 +217,75 @@ class DocRouter:
             if j >= 0
         )
 
+    # ------------------------------------------------------------------ fitting and saving
+    @classmethod
+    def fit(
+        cls, texts: Sequence[str], labels: Sequence[str], *, fallback: str, val_texts: Sequence[str] | None = None,
+        val_labels: Sequence[str] | None = None, recipe: DocRouterRecipe | None = None, val_fraction: float = 0.2,
+    ) -> DocRouter:
+        """Fit a router in memory from texts labelled with expert names (no workspace), as scikit-learn fits.
+
+        ``fallback`` is the expert that gets what the router abstains on. Without ``val_texts`` a
+        ``val_fraction`` of every expert's texts (chosen by content hash) calibrates the posterior
+        and tunes the abstain thresholds. ``save`` writes it; ``load`` reads it back.
+        """
+        from moe_experts.routing.embedder import Embedder
+        from moe_experts.routing.train_doc import Split, fit_router
+
+        recipe = recipe or DocRouterRecipe()
+        if len(texts) != len(labels):
+            raise ConfigError(f"fit: {len(texts)} texts but {len(labels)} labels", hint="give one label per text")
+        if (val_texts is None) != (val_labels is None):
+            raise ConfigError("fit: give both val_texts and val_labels, or neither")
+        experts = sorted(set(labels))
+        if fallback not in experts:
+            raise ConfigError(f"fit: the fallback '{fallback}' is none of the labels {experts}",
+                              hint="name one of the experts as fallback")
+        if len(experts) < 2:
+            raise ConfigError(f"fit: a router needs at least two experts, the labels name {experts}")
+        if val_texts is None:
+            held = [unit_hash(t, "router-fit-val") < val_fraction for t in texts]
+            val_texts, val_labels = [t for t, h in zip(texts, held) if h], [y for y, h in zip(labels, held) if h]
+            texts, labels = [t for t, h in zip(texts, held) if not h], [y for y, h in zip(labels, held) if not h]
+        assert val_labels is not None
+        for name, split in (("training", labels), ("validation", val_labels)):
+            missing = [e for e in experts if e not in set(split)]
+            if missing:
+                raise ConfigError(f"fit: no {name} text for expert(s) {', '.join(missing)}",
+                                  hint="give every expert texts (at least 1 / val_fraction of them without val_texts)")
+        index = {e: i for i, e in enumerate(experts)}
+
+        def split(prefix: str, xs: Sequence[str], ys: Sequence[str]) -> Split:
+            return Split([f"{prefix}-{i}" for i in range(len(xs))], list(xs), np.asarray([index[y] for y in ys]))
+
+        embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size)
+        return fit_router(split("train", texts, labels), split("val", val_texts, val_labels), experts=experts,
+                          domains=experts, fallback=fallback, recipe=recipe, embedder=embedder)
+
+    def save(self, folder: Path) -> None:
+        """Write the router (index, classifier, documents, router.json) into ``folder`` atomically."""
+        from safetensors.numpy import save_file
+
+        if self._documents is None:
+            assert self.folder is not None
+            with (self.folder / DOCUMENTS).open(encoding="utf-8") as f:
+                self._documents = [json.loads(line) for line in f]
+        with atomic_dir(folder) as tmp:
+            self.index.save(tmp)
+            save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp / TENSORS))
+            with (tmp / DOCUMENTS).open("w", encoding="utf-8") as f:
+                for doc in self._documents:
+                    f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            write_json_atomic(tmp / ROUTER_JSON, self.manifest)
+        self.folder = folder
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(
-        cls, folder: Path, registry: ExpertRegistry, corpus_hashes: dict[str, Any] | None = None, *, check_embedder: bool = True
+        cls, folder: Path, registry: ExpertRegistry | None = None, corpus_hashes: dict[str, Any] | None = None, *,
+        check_embedder: bool = True,
     ) -> DocRouter:
-        """Load ``routers/doc``; refuse one built for another expert set, embedder or corpus."""
+        """Load a saved router; refuse one built for another expert set (``registry``), embedder or corpus."""
         from safetensors.numpy import load_file
 
         path = folder / ROUTER_JSON
@@ -254,12 +321,13 @@ class DocRouter:
 
 
 def check_compatible(
-    manifest: dict[str, Any], registry: ExpertRegistry, corpus_hashes: dict[str, Any] | None, *, check_embedder: bool
+    manifest: dict[str, Any], registry: ExpertRegistry | None, corpus_hashes: dict[str, Any] | None, *,
+    check_embedder: bool,
 ) -> None:
     diffs = []
-    if list(manifest["experts"]) != registry.names:
+    if registry is not None and list(manifest["experts"]) != registry.names:
         diffs.append(f"experts: router was built for {manifest['experts']}, the cards now declare {registry.names}")
-    if manifest.get("fallback") != registry.fallback.name:
+    if registry is not None and manifest.get("fallback") != registry.fallback.name:
         diffs.append(f"fallback: router uses '{manifest.get('fallback')}', the cards now name '{registry.fallback.name}'")
     if corpus_hashes is not None and manifest.get("corpus_hashes") != corpus_hashes:
         changed = sorted(

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,18 +50,16 @@ from moe_experts.routing.classifier import (
     tune_confidence_threshold,
 )
 from moe_experts.routing.doc_router import (
-    DOCUMENTS,
     DocRouter,
     FORMAT_VERSION,
     ROUTER_JSON,
     SNIPPET_CHARS,
-    TENSORS,
     check_compatible,
     router_dir,
 )
 from moe_experts.routing.embedder import Embedder
 from moe_experts.routing.index import VectorIndex
-from moe_experts.workspace import atomic_dir, read_json, versions, write_json_atomic
+from moe_experts.workspace import read_json, versions, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def embed_cached(setup: Setup, embedder: Embedder, ids: list[str], texts: list[s
     2 cores); the cache in ``embeddings/<weights hash>/`` makes retraining with
     another recipe, the benchmarks and the evaluator cost nothing extra.
     """
-    folder = setup.workspace.root / "embeddings" / embedder.info.sha256[:16]
+    folder = setup.workspace.embeddings_dir(embedder.info.sha256)
     path = folder / "vectors.npy"
     cached: dict[str, int] = {}
     vectors = np.zeros((0, embedder.dim), dtype=np.float32)
@@ -143,21 +142,45 @@ def _metrics(probs: np.ndarray, y: np.ndarray, n: int) -> dict[str, Any]:
 
 
 def train_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False) -> dict[str, Any]:
-    """Build ``routers/doc`` and return its manifest."""
-    started = time.monotonic()
-    experts = setup.registry.names
-    n = len(experts)
-    fallback = experts.index(setup.registry.fallback.name)
+    """Build ``routers/doc`` from every card's train and val documents and return its manifest.
+
+    A thin wrapper over ``fit_router``: it reads the workspace's splits, reuses cached
+    embeddings, records the cards and corpus hashes, and saves the router atomically.
+    """
     hashes = corpus_hashes(setup)
     train = _read_split(setup, "train", recipe.max_train_documents_per_domain)
     val = _read_split(setup, "val", recipe.max_val_documents_per_domain)
-
     embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size)
     logger.info("router: embedding %d training and %d validation documents with %s", len(train.texts),
                 len(val.texts), embedder.id)
+    router = fit_router(
+        train, val, experts=setup.registry.names, domains=setup.registry.domains,
+        fallback=setup.registry.fallback.name, recipe=recipe, embedder=embedder,
+        embed=lambda split: embed_cached(setup, embedder, split.ids, split.texts),
+        examples=_card_examples(setup), unsupervised=unsupervised,
+        extra={"cards_fingerprint": setup.registry.fingerprint(), "corpus_hashes": hashes},
+    )
+    router.save(router_dir(setup.workspace.root))
+    return router.manifest
+
+
+def fit_router(
+    train: Split, val: Split, *, experts: list[str], domains: list[str], fallback: str, recipe: DocRouterRecipe,
+    embedder: Embedder, embed: Callable[[Split], np.ndarray] | None = None,
+    examples: Sequence[tuple[str, str, bool]] = (), unsupervised: bool = False, extra: dict[str, Any] | None = None,
+) -> DocRouter:
+    """A document router fitted in memory: labels index ``experts``; ``val`` calibrates, tunes and reports.
+
+    ``embed`` turns a split into unit vectors (default: the embedder, no cache); ``examples``
+    are (expert, text, positive?) prompts routed after fitting and reported.
+    """
+    started = time.monotonic()
+    n = len(experts)
+    fallback_index = experts.index(fallback)
+    embed = embed or (lambda split: embedder.embed(split.texts))
     t0 = time.monotonic()
-    x_train = embed_cached(setup, embedder, train.ids, train.texts)  # (N, D)
-    x_val = embed_cached(setup, embedder, val.ids, val.texts)  # (V, D)
+    x_train = embed(train)  # (N, D)
+    x_val = embed(val)  # (V, D)
     embed_seconds = time.monotonic() - t0
 
     ir = recipe.index
@@ -177,7 +200,7 @@ def train_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: boo
     half_b = ~half_a
     candidates: dict[str, np.ndarray] = {}
     if unsupervised:
-        centroids, cluster_expert, cluster_sizes = _clusters(x_train, x_val, val.labels, n, fallback, recipe)
+        centroids, cluster_expert, cluster_sizes = _clusters(x_train, x_val, val.labels, n, fallback_index, recipe)
         tensors |= {"centroids": centroids, "cluster_expert": cluster_expert}
         candidates["clusters"] = cluster_log_probs(x_val, centroids, cluster_expert, n)
     else:
@@ -200,20 +223,20 @@ def train_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: boo
     comparison = {m: _metrics(fitted[m](r[half_b]), val.labels[half_b], n) for m, r in candidates.items()}
 
     # Abstain thresholds, tuned on all of validation.
-    min_conf = tune_confidence_threshold(probs, val.labels, fallback, recipe.abstain.max_abstain_rate)
+    min_conf = tune_confidence_threshold(probs, val.labels, fallback_index, recipe.abstain.max_abstain_rate)
     nearest = sims[:, 0]
     min_sim = float(np.quantile(nearest, recipe.abstain.far_quantile)) if recipe.abstain.far_quantile > 0 else -1.0
-    # Requests are usually shorter than documents, so less similar to them: the cards' positive
+    # Requests are usually shorter than documents, so less similar to them: the positive
     # examples (the declared shape of an in-domain request) must never count as "far".
-    examples = _card_examples(setup)
-    x_examples = embedder.embed([text for _, text, _ in examples])  # (E, D)
-    example_sims, _ = index.search(x_examples, 1)
-    positive = np.asarray([is_positive for _, _, is_positive in examples])
+    examples = list(examples)
+    x_examples = embedder.embed([text for _, text, _ in examples]) if examples else np.zeros((0, x_train.shape[1]))
+    positive = np.asarray([is_positive for _, _, is_positive in examples], dtype=bool)
     if min_sim > -1.0 and positive.any():
+        example_sims, _ = index.search(x_examples, 1)
         min_sim = min(min_sim, float(example_sims[positive, 0].min()) - 1e-3)
     pred = probs.argmax(axis=1)
     abstain = (probs.max(axis=1) < min_conf) | (nearest < min_sim)
-    routed = np.where(abstain, fallback, pred)
+    routed = np.where(abstain, fallback_index, pred)
 
     metrics = {
         "calibration_half": _metrics(probs[half_a], val.labels[half_a], n),
@@ -238,11 +261,10 @@ def train_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: boo
         "format_version": FORMAT_VERSION,
         "kind": "doc",
         "mode": "unsupervised" if unsupervised else "supervised",
-        "experts": experts,
-        "domains": setup.registry.domains,
-        "fallback": setup.registry.fallback.name,
-        "cards_fingerprint": setup.registry.fingerprint(),
-        "corpus_hashes": hashes,
+        "experts": list(experts),
+        "domains": list(domains),
+        "fallback": fallback,
+        **(extra or {}),
         "embedder": {"spec": recipe.embedder, **embedder.info.to_json()},
         "recipe": recipe.model_dump(mode="json"),
         "recipe_fingerprint": recipe.fingerprint(),
@@ -259,10 +281,12 @@ def train_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: boo
         "seconds": {"embedding": round(embed_seconds, 1), "total": round(time.monotonic() - started, 1)},
         "versions": _versions(),
     }
-    router = DocRouter(manifest, index, tensors, calibrator, router_dir(setup.workspace.root), embedder=embedder)
-    manifest["metrics"]["card_examples"] = _check_examples(router, examples, x_examples)
-    _write(setup, manifest, index, tensors, train)
-    return manifest
+    documents = [{"id": doc_id, "domain": domains[label], "snippet": " ".join(text.split())[:SNIPPET_CHARS]}
+                 for doc_id, text, label in zip(train.ids, train.texts, train.labels)]
+    router = DocRouter(manifest, index, tensors, calibrator, None, embedder=embedder, documents=documents)
+    if examples:
+        manifest["metrics"]["card_examples"] = _check_examples(router, examples, x_examples)
+    return router
 
 
 def _card_examples(setup: Setup) -> list[tuple[str, str, bool]]:
@@ -324,20 +348,6 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
-
-
-def _write(setup: Setup, manifest: dict[str, Any], index: VectorIndex, tensors: dict[str, np.ndarray], train: Split) -> None:
-    from safetensors.numpy import save_file
-
-    label_names = setup.registry.domains
-    with atomic_dir(router_dir(setup.workspace.root)) as tmp:
-        index.save(tmp)
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / TENSORS))
-        with (tmp / DOCUMENTS).open("w", encoding="utf-8") as f:
-            for doc_id, text, label in zip(train.ids, train.texts, train.labels):
-                snippet = " ".join(text.split())[:SNIPPET_CHARS]
-                f.write(json.dumps({"id": doc_id, "domain": label_names[label], "snippet": snippet}, ensure_ascii=False) + "\n")
-        write_json_atomic(tmp / ROUTER_JSON, manifest)
 
 
 def doc_router_status(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False) -> tuple[str, list[str]]:
