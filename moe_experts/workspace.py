@@ -56,14 +56,37 @@ class Workspace:
         return self.root / "tokens" / tokenizer_hash / domain
 
     def model_dir(self, name: str) -> Path:
-        return self.root / "models" / name
+        return self.models_dir / name
 
     def checkpoints_dir(self, stage: str) -> Path:
         return self.root / "checkpoints" / stage
 
     @property
+    def corpora_dir(self) -> Path:
+        return self.root / "corpora"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def router_dir(self, kind: str) -> Path:
+        """routers/<kind>/: ``doc`` (the document router), ``token`` (the token-level MoE)."""
+        return self.root / "routers" / kind
+
+    def embeddings_dir(self, embedder_hash: str) -> Path:
+        return self.root / "embeddings" / embedder_hash[:16]
+
+    @property
+    def suites_dir(self) -> Path:
+        return self.root / "eval" / "suites"
+
+    @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def sanity_dir(self) -> Path:
+        return self.reports_dir / "sanity"
 
     # ------------------------------------------------------------------ lifecycle
     def open(self, preset_name: str, preset_fingerprint: str, *, create: bool = True) -> None:

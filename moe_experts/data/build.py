@@ -86,7 +86,7 @@ def corpora_fingerprint(registry: ExpertRegistry, data_cfg: DataConfig) -> str:
 
 
 def corpora_dir(ws: Workspace) -> Path:
-    return ws.root / "corpora"
+    return ws.corpora_dir
 
 
 def corpora_status(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig) -> str:

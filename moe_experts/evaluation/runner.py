@@ -202,7 +202,7 @@ def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str
     ws = setup.workspace
     corpora = read_json(corpora_dir(ws) / MANIFEST)
     models = {}
-    for folder in sorted((ws.root / "models").glob("*")):
+    for folder in sorted(ws.models_dir.glob("*")):
         if folder.name.startswith("."):
             continue
         if (folder / MANIFEST).exists():
@@ -215,7 +215,7 @@ def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str
             models[card.name] = expert_weights_id(setup, card.name)
     routers = {}
     for kind, name in (("doc", "router.json"), ("token", MANIFEST)):
-        path = ws.root / "routers" / kind / name
+        path = ws.router_dir(kind) / name
         routers[kind] = sha256_file(path)[:16] if path.exists() else None
     settings = {"domains": domains, "systems": opts.systems, "max_docs": opts.max_docs, "top_k": opts.top_k,
                 "resamples": opts.resamples, "confidence": opts.confidence, "seed": opts.seed,

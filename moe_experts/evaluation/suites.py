@@ -453,7 +453,7 @@ def _adversarial(
 
 
 def suites_dir(ws: Workspace) -> Path:
-    return ws.root / "eval" / "suites"
+    return ws.suites_dir
 
 
 def current_corpus_hashes(ws: Workspace, registry: ExpertRegistry) -> dict[str, dict[str, str]]:

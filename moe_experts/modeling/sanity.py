@@ -146,7 +146,7 @@ def _pretrained(setup: Setup) -> dict[str, ModelSource]:
 
 
 def sanity_path(setup: Setup) -> Any:
-    return setup.workspace.reports_dir / "sanity"
+    return setup.workspace.sanity_dir
 
 
 def run_sanity(setup: Setup, *, force: bool = False) -> SanityReport:

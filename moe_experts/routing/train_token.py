@@ -29,7 +29,7 @@ from moe_experts.modeling.checkpoints import save_checkpoint
 from moe_experts.modeling.stages import SEED, Setup, TrainOptions, data_inputs, expert_weights_id, load_expert
 from moe_experts.modeling.train import BlockDataset, device_kind, prepare_checkpoint_dir, train_causal_lm
 from moe_experts.routing.token_moe import MergeSpec, check_memory, check_mergeable, init_gates, merge_experts
-from moe_experts.workspace import MANIFEST, read_json, write_json_atomic
+from moe_experts.workspace import MANIFEST, Workspace, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ TOKEN_ROUTER = "token-router"  # checkpoint stage name
 
 
 def token_router_dir(root: Path) -> Path:
-    return root / "routers" / "token"
+    return Workspace(root).router_dir("token")
 
 
 def token_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
