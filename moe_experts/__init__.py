@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 _API = {
     "MoE": "moe_experts.api", "Report": "moe_experts.api", "Target": "moe_experts.api",
     "BuildResult": "moe_experts.api", "RouterInfo": "moe_experts.api",
-    "RoutingDecision": "moe_experts.routing.doc_router", "Answer": "moe_experts.inference.ask",
+    "RoutingDecision": "moe_experts.routing.doc_router", "DocRouter": "moe_experts.routing.doc_router",
+    "Answer": "moe_experts.inference.ask",
     "MoeExpertsError": "moe_experts.errors",
 }
 __all__ = ["__version__", *_API]
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from moe_experts.api import BuildResult, MoE, Report, RouterInfo, Target  # noqa: F401
     from moe_experts.errors import MoeExpertsError  # noqa: F401
     from moe_experts.inference.ask import Answer  # noqa: F401
-    from moe_experts.routing.doc_router import RoutingDecision  # noqa: F401
+    from moe_experts.routing.doc_router import DocRouter, RoutingDecision  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

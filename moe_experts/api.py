@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moe_experts.config import DocRouterRecipe, ExpertRegistry, Preset, TokenRouterRecipe
+    from moe_experts.config import DocRouterRecipe, ExpertRegistry, Preset
     from moe_experts.inference.ask import Answer
     from moe_experts.modeling.stages import Setup
     from moe_experts.routing.doc_router import DocRouter, RoutingDecision
@@ -142,31 +142,31 @@ class MoE:
         return BuildResult(stages=tuple((t.stage, t.seconds, t.built) for t in result.timings),
                            sanity_failures=tuple(result.sanity.failures) if result.sanity else (), report=report)
 
-    def train_router(self, kind: Literal["doc", "token"] = "doc", recipe: Any = None, *, force: bool = False,
-                     resume: bool = False, restart: bool = False, unsupervised: bool = False) -> RouterInfo:
-        """Train the document router (``doc``) or the token-level MoE (``token``); an up-to-date one is reused."""
-        from moe_experts.errors import ConfigError
+    def train_router(self, kind: str = "doc", recipe: Any = None, *, force: bool = False, resume: bool = False,
+                     restart: bool = False, **run: Any) -> RouterInfo:
+        """Train a router of a registered kind (``doc``, ``token``); an up-to-date one is reused unless ``force``.
+
+        ``recipe``: the kind's recipe object, a YAML path, or None for the built-in defaults. Missing
+        corpora and experts are built first. ``run``: the kind's switches (``unsupervised=True`` for doc,
+        ``allow_dead_experts=True`` for token).
+        """
         from moe_experts.modeling.stages import TrainOptions
-        from moe_experts.pipeline import ensure_doc_router
-        from moe_experts.routing.doc_router import router_dir
-        from moe_experts.routing.train_token import token_router_dir, token_router_status, train_token_router
+        from moe_experts.pipeline import train_router
+        from moe_experts.routing.kinds import router_kind
         from moe_experts.workspace import MANIFEST, read_json
 
+        spec = router_kind(kind)
+        if recipe is None:
+            recipe = spec.recipe_model()
+        elif not isinstance(recipe, spec.recipe_model):
+            recipe = spec.load_recipe(Path(recipe))
+        result = train_router(self.setup, recipe, TrainOptions(resume=resume, restart=restart), force=force, **run)
         if kind == "doc":
-            manifest = ensure_doc_router(self.setup, _doc_recipe(recipe), force=force, unsupervised=unsupervised)
-            folder = router_dir(self.workspace.root)
-            self._doc_router = None
-            trained = manifest is not None
-            return RouterInfo("doc", folder, trained, manifest or read_json(folder / "router.json"))
-        if kind == "token":
-            rec = _token_recipe(recipe)
-            folder = token_router_dir(self.workspace.root)
-            status, _ = token_router_status(self.setup, rec)
-            if status == "current" and not force:
-                return RouterInfo("token", folder, False, read_json(folder / MANIFEST))
-            manifest = train_token_router(self.setup, rec, TrainOptions(resume=resume, restart=restart))
-            return RouterInfo("token", folder, True, manifest)
-        raise ConfigError(f"unknown router kind '{kind}'", hint="use 'doc' or 'token'")
+            self._doc_router = None  # a retrained router is loaded afresh
+        manifest = result.manifest
+        if manifest is None:
+            manifest = read_json(result.folder / ("router.json" if kind == "doc" else MANIFEST))
+        return RouterInfo(kind, result.folder, result.trained, manifest)
 
     # ------------------------------------------------------------------ serving
     def router(self) -> DocRouter:
@@ -209,17 +209,16 @@ class MoE:
                  max_docs: int | None = None, top_k: int = 2, resamples: int = 1000, seed: int = 0,
                  suites: bool = True, timing: bool = True, write: bool = True, name: str | None = None) -> Report:
         """Score every system on the test split; with ``write`` the report goes to reports/<stamp or name>/."""
-        from moe_experts.evaluation.report import new_report_dir, write_report
         from moe_experts.evaluation.runner import EvalOptions, run_eval
+        from moe_experts.pipeline import evaluate
 
         opts = EvalOptions(domains=tuple(domains) if domains else None, systems=tuple(systems) if systems else None,
                            max_docs=max_docs, top_k=top_k, resamples=resamples, seed=seed, suites=suites,
                            speed_prompts=4 if timing else 0, latency_requests=50 if timing else 0)
-        if write:
-            new_report_dir(self.workspace.reports_dir, name)  # a taken name is refused before the work
-        data = run_eval(self.setup, opts)
-        folder = write_report(data, self.workspace.reports_dir, name) if write else None
-        return Report.from_json(data, folder)
+        if not write:
+            return Report.from_json(run_eval(self.setup, opts))
+        result = evaluate(self.setup, opts, name)
+        return Report.from_json(result.report, result.folder)
 
 
 def _doc_recipe(recipe: Any) -> DocRouterRecipe:
@@ -229,10 +228,3 @@ def _doc_recipe(recipe: Any) -> DocRouterRecipe:
         return recipe or DocRouterRecipe()
     return load_recipe(Path(recipe))
 
-
-def _token_recipe(recipe: Any) -> TokenRouterRecipe:
-    from moe_experts.config import TokenRouterRecipe, load_token_recipe
-
-    if recipe is None or isinstance(recipe, TokenRouterRecipe):
-        return recipe or TokenRouterRecipe()
-    return load_token_recipe(Path(recipe))

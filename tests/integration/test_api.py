@@ -55,3 +55,20 @@ def test_import_is_light():
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
+
+
+def test_train_router_reuses_a_current_router_and_refuses_unknown_kinds(routed, tmp_path):
+    import pytest
+
+    from moe_experts import MoE
+    from moe_experts.errors import ConfigError
+
+    setup, manifest, recipe_path = routed
+    ws = tmp_path / "ws"
+    shutil.copytree(setup.workspace.root, ws, ignore=shutil.ignore_patterns("checkpoints"))
+    moe = MoE.open(cards=setup.registry.source_dir, preset="micro", workspace=ws)
+    info = moe.train_router("doc", recipe=recipe_path)
+    assert (info.kind, info.trained, info.folder) == ("doc", False, ws / "routers" / "doc")
+    assert info.manifest["recipe_fingerprint"] == manifest["recipe_fingerprint"]
+    with pytest.raises(ConfigError, match="unknown router kind 'sparse'"):
+        moe.train_router("sparse")
