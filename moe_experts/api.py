@@ -131,7 +131,7 @@ class MoE:
         It ends with the evaluation report on the test split (``eval_max_docs`` documents a domain; reused
         when one was computed from the same inputs): what ``moe-experts quickstart`` does.
         """
-        from moe_experts.evaluation.runner import EvalOptions
+        from moe_experts.evaluation.options import EvalOptions
         from moe_experts.modeling.stages import TrainOptions
         from moe_experts.pipeline import quickstart
 
@@ -209,7 +209,8 @@ class MoE:
                  max_docs: int | None = None, top_k: int = 2, resamples: int = 1000, seed: int = 0,
                  suites: bool = True, timing: bool = True, write: bool = True, name: str | None = None) -> Report:
         """Score every system on the test split; with ``write`` the report goes to reports/<stamp or name>/."""
-        from moe_experts.evaluation.runner import EvalOptions, run_eval
+        from moe_experts.evaluation.options import EvalOptions
+        from moe_experts.evaluation.runner import run_eval
         from moe_experts.pipeline import evaluate
 
         opts = EvalOptions(domains=tuple(domains) if domains else None, systems=tuple(systems) if systems else None,

@@ -9,15 +9,19 @@ import click
 
 from moe_experts.cli.common import csv_names, load_setup, state
 from moe_experts.cli.printing import print_report_summary
+from moe_experts.evaluation.options import DEFAULTS, EvalOptions
 
 
 @click.group("eval", invoke_without_command=True)
 @click.option("--domains", metavar="A,B", help="Only these domains [default: every card's].")
 @click.option("--systems", metavar="A,B", help="Only these systems; glob patterns work ('expert:*', 'doc-*') [default: all].")
-@click.option("--max-docs", type=int, metavar="N", help="At most N test documents a domain (a fixed hash-ordered sample).")
-@click.option("--top-k", type=int, default=2, show_default=True, help="Experts in the router's mixture system (1: none).")
-@click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--max-docs", type=click.IntRange(min=1), metavar="N",
+              help="At most N test documents a domain (a fixed hash-ordered sample).")
+@click.option("--top-k", type=click.IntRange(min=1), default=DEFAULTS.top_k, show_default=True,
+              help="Experts in the router's mixture system (1: none).")
+@click.option("--resamples", type=click.IntRange(min=100), default=DEFAULTS.resamples, show_default=True,
+              help="Bootstrap resamples for the intervals.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of the bootstrap.")
 @click.option("--no-suites", is_flag=True, help="Skip the routing suites (mixed, out-of-domain, adversarial).")
 @click.option("--suites-recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="YAML",
               help="Routing-suite recipe [default: eval/suites.yaml, else built-in defaults].")
@@ -39,13 +43,13 @@ def eval_cmd(ctx: click.Context, domains: str | None, systems: str | None, max_d
     """
     if ctx.invoked_subcommand is not None:
         return
-    from moe_experts.evaluation.runner import EvalOptions
     from moe_experts.pipeline import evaluate
 
     setup = load_setup(ctx)
     opts = EvalOptions(domains=csv_names(domains), systems=csv_names(systems), max_docs=max_docs, top_k=top_k,
                        resamples=resamples, seed=seed, suites=not no_suites, suite_recipe=suites_recipe,
-                       speed_prompts=0 if no_timing else 4, latency_requests=0 if no_timing else 50)
+                       speed_prompts=0 if no_timing else DEFAULTS.speed_prompts,
+                       latency_requests=0 if no_timing else DEFAULTS.latency_requests)
     result = evaluate(setup, opts, name)
     print_report_summary(result.report, result.folder)
 

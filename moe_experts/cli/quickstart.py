@@ -29,7 +29,7 @@ def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, st
     evaluation report on the test split. A second run reuses everything.
     """
     from moe_experts.config import load_recipe
-    from moe_experts.evaluation.runner import EvalOptions
+    from moe_experts.evaluation.options import EvalOptions
     from moe_experts.pipeline import quickstart as run
     from moe_experts.routing.doc_router import router_dir
 

@@ -23,6 +23,7 @@ from moe_experts.data.build import iter_documents
 from moe_experts.data.split import unit_hash
 from moe_experts.errors import ConfigError, DataError
 from moe_experts.evaluation.context import EvalContext, EvalDocs, Unavailable
+from moe_experts.evaluation.options import EvalOptions
 from moe_experts.evaluation.scoring import DocScores, paired_difference, resample_counts
 from moe_experts.evaluation.systems import EXPERT_LOAD, System, default_systems
 from moe_experts.modeling.checkpoints import weights_id
@@ -42,31 +43,6 @@ ROUTED_TOP1 = "doc-top1"
 SPECIALIST_RATIO_MAX = 0.96
 FALLBACK_RATIO_MAX = 1.00  # issue 11: the generalist is not to be beaten on its own ground, but not lost to either
 ORACLE_GAP_MAX = 0.01
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    domains: tuple[str, ...] | None = None  # None: every card's domain
-    systems: tuple[str, ...] | None = None  # names or glob patterns (expert:*); None: all
-    max_docs: int | None = None  # per domain
-    top_k: int = 2  # the mixture system; 1 = no mixture
-    resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    speed_prompts: int = 4
-    latency_requests: int = 50
-    suites: bool = True
-    suite_recipe: Path | None = None
-
-    def check(self) -> None:
-        if self.max_docs is not None and self.max_docs < 1:
-            raise ConfigError(f"--max-docs must be at least 1, got {self.max_docs}")
-        if self.top_k < 1:
-            raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.resamples < 100:
-            raise ConfigError(f"--resamples must be at least 100 for a usable interval, got {self.resamples}")
-        if not 0.5 <= self.confidence < 1:
-            raise ConfigError(f"--confidence must be in [0.5, 1), got {self.confidence}")
 
 
 def load_test_documents(setup: Setup, domains: list[str], max_docs: int | None) -> dict[str, EvalDocs]:

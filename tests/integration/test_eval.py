@@ -112,7 +112,7 @@ def test_narrowed_run_and_compare(first_report):
 @pytest.mark.parametrize("args, code, message", [
     (["--systems", "nothing-like-this"], 2, "no system matches nothing-like-this"),
     (["--domains", "astrology"], 2, "astrology"),
-    (["--max-docs", "0"], 2, "--max-docs must be at least 1"),
+    (["--max-docs", "0"], 2, "Invalid value for '--max-docs': 0 is not in the range x>=1"),
     (["compare", "first", "no-such-report"], 2, "no report 'no-such-report'"),
 ])
 def test_bad_input(first_report, args, code, message):
