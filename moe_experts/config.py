@@ -221,7 +221,7 @@ def load_registry(cards_dir: Path) -> ExpertRegistry:
     if not cards_dir.is_dir():
         raise ConfigError(
             f"expert cards folder {cards_dir} does not exist",
-            hint="run from the repository root, or pass --cards DIR (or set MOE_EXPERTS_CARDS)",
+            hint="run from the repository root, or give the cards folder (the cards option, or MOE_EXPERTS_CARDS)",
         )
     paths = sorted(cards_dir.glob("*.yaml"))
     if not paths:
@@ -424,7 +424,7 @@ def load_preset(name_or_path: str) -> Preset:
         if not path.exists():
             raise ConfigError(
                 f"unknown preset '{name_or_path}'",
-                hint=f"use --preset with one of {', '.join(shipped_presets())}, or a path to a preset YAML",
+                hint=f"use one of {', '.join(shipped_presets())}, or a path to a preset YAML",
             )
     data = read_yaml(path)
     if not isinstance(data, Mapping):

@@ -215,11 +215,11 @@ def new_report_dir(reports_dir: Path, name: str | None) -> Path:
     """A report folder that does not exist yet: ``name`` (refused if taken) or a UTC time stamp."""
     if name is not None:
         if not name or "/" in name or name.startswith(".") or name == "sanity":
-            raise ConfigError(f"--name '{name}' is not a usable folder name", hint="use letters, digits, - and _")
+            raise ConfigError(f"report name '{name}' is not a usable folder name", hint="use letters, digits, - and _")
         folder = reports_dir / name
         if folder.exists():
             raise WorkspaceError(f"report folder {folder} already exists; reports are never overwritten",
-                                 hint="pick another --name, or remove that folder yourself")
+                                 hint="pick another report name, or remove that folder yourself")
         return folder
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     folder, n = reports_dir / stamp, 1
@@ -240,7 +240,7 @@ def _reserve(reports_dir: Path, name: str | None) -> Path:
         except FileExistsError:
             if name is not None:
                 raise WorkspaceError(f"report folder {folder} already exists; reports are never overwritten",
-                                     hint="pick another --name, or remove that folder yourself") from None
+                                     hint="pick another report name, or remove that folder yourself") from None
     raise WorkspaceError(f"could not reserve a report folder in {reports_dir}")
 
 

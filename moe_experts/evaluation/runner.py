@@ -65,7 +65,7 @@ def select_systems(all_systems: list[System], patterns: tuple[str, ...] | None) 
     chosen = [s for s in all_systems if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
     unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(s.name, p) for s in all_systems)]
     if unknown:
-        raise ConfigError(f"--systems: no system matches {', '.join(unknown)}; the systems are: "
+        raise ConfigError(f"systems: no system matches {', '.join(unknown)}; the systems are: "
                           + ", ".join(s.name for s in all_systems),
                           hint="pass names or glob patterns such as 'expert:*'")
     return chosen

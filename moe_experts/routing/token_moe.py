@@ -85,7 +85,7 @@ def check_memory(config: Any, n_experts: int, n_sources: int) -> None:
         raise ConfigError(
             f"the merge needs about {need / 2**30:.1f} GiB of memory ({n_sources} source models and the merged "
             f"{n_experts}-expert model); {have / 2**30:.1f} GiB is available",
-            hint="free memory, merge fewer experts (no --include-seed), or run on a larger machine",
+            hint="free memory, merge fewer experts (include_seed: false in the recipe), or run on a larger machine",
         )
 
 

@@ -215,7 +215,7 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
         raise TrainingError(
             f"dead expert(s) after training: {', '.join(health['dead'])} receive under "
             f"{recipe.dead_expert_share:.0%} of a layer's tokens; the router was not saved\n{print_health}",
-            hint="raise router_aux_loss_coef or the training steps in the recipe, or save anyway with --allow-dead-experts",
+            hint="raise router_aux_loss_coef or the training steps in the recipe, or save anyway (allow_dead_experts)",
         )
     manifest = save_checkpoint(moe, tokenizer, token_router_dir(ws.root), {
         "name": "token-router",

@@ -64,7 +64,7 @@ def generalist(setup: Setup, options: LineUpOptions) -> list[System]:
 def parameter_matched_generalist(setup: Setup, options: LineUpOptions) -> list[System]:
     return [ModelSystem(GENERALIST_PARAMS, "dense", "parameter-matched generalist (as many parameters as all experts)",
                         GENERALIST_PARAMS, setup.workspace.model_dir(GENERALIST_PARAMS),
-                        "the preset must ask for it (parameter_matched_generalist: true, e.g. --preset small); "
+                        "the preset must ask for it (parameter_matched_generalist: true, e.g. the small preset); "
                         "then `moe-experts train generalist`")]
 
 

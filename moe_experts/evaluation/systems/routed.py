@@ -36,7 +36,7 @@ class DocRoutedSystem(System):
     def unavailable(self, ctx: EvalContext) -> Unavailable | None:
         why = ctx.router_unavailable() or ctx.experts_unavailable(ctx.setup.registry.names)
         if why is None and self.top_k > len(ctx.setup.registry.names):
-            why = Unavailable(f"top-{self.top_k} needs at least {self.top_k} experts", "lower --top-k")
+            why = Unavailable(f"top-{self.top_k} needs at least {self.top_k} experts", "lower top_k")
         return why
 
     def plans(self, ctx: EvalContext) -> dict[str, list[tuple[tuple[str, float], ...]]]:
