@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("-w", "--workspace", default="runs/small")
     ap.add_argument("--cards", default="experts")
     ap.add_argument("--preset", default=None, help="preset name or YAML [the one the workspace was opened with]")
-    ap.add_argument("--recipe", type=Path, default=None)
+    ap.add_argument("--recipe", type=Path, default=Path("router_training/token.yaml") if Path("router_training/token.yaml").is_file() else None)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--train", choices=["gates", "all"], default=None)
     ap.add_argument("--out", type=Path, default=None)

@@ -443,7 +443,7 @@ def hash_json(value: Any) -> str:
 
 # --------------------------------------------------------------------------- router recipes
 
-RECIPES_DIR = Path("router_training")
+RECIPES_DIR = Path("router_training")  # the repository's recipes, relative to where the CLI runs
 
 
 class IndexRecipe(StrictModel):
@@ -560,19 +560,19 @@ class TokenRouterRecipe(StrictModel):
 
 
 def load_token_recipe(path: Path | None) -> TokenRouterRecipe:
-    """A token-router recipe YAML (default: router_training/token.yaml when present, else built-in defaults)."""
-    return load_yaml_model(path, RECIPES_DIR / "token.yaml", TokenRouterRecipe)
+    """A token-router recipe YAML (None: the built-in defaults)."""
+    return load_yaml_model(path, TokenRouterRecipe)
 
 
-def load_yaml_model(path: Path | None, default: Path, model: Any) -> Any:
-    """``model`` from a YAML file: ``path``, else ``default`` when it exists, else the model's defaults.
+def load_yaml_model(path: Path | None, model: Any) -> Any:
+    """``model`` from a YAML file, or the model's built-in defaults when ``path`` is None.
 
+    The library never looks for a file in the current folder: the CLI names the repository's
+    recipe files (router_training/, eval/suites.yaml) when they are there.
     An empty file means the defaults; anything else must be a mapping. Errors name the file and field.
     """
     if path is None:
-        if not default.exists():
-            return model()
-        path = default
+        return model()
     data = read_yaml(path)
     if data is None:
         data = {}
@@ -585,5 +585,5 @@ def load_yaml_model(path: Path | None, default: Path, model: Any) -> Any:
 
 
 def load_recipe(path: Path | None) -> DocRouterRecipe:
-    """A router recipe YAML (default: router_training/doc.yaml when present, else built-in defaults)."""
-    return load_yaml_model(path, RECIPES_DIR / "doc.yaml", DocRouterRecipe)
+    """A document-router recipe YAML (None: the built-in defaults)."""
+    return load_yaml_model(path, DocRouterRecipe)

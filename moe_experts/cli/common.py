@@ -69,3 +69,10 @@ def csv_names(value: str | None) -> tuple[str, ...] | None:
     if not items:
         raise click.BadParameter("give at least one name (comma-separated)")
     return items
+
+
+def repo_file(path: str) -> Path | None:
+    """A recipe file of the repository (router_training/..., eval/suites.yaml) when the command runs where it
+    is; None means the library's built-in defaults. Only the CLI looks in the current folder."""
+    found = Path(path)
+    return found if found.is_file() else None

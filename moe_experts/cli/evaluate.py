@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from moe_experts.cli.common import csv_names, load_setup, state
+from moe_experts.cli.common import csv_names, load_setup, repo_file, state
 from moe_experts.cli.printing import print_report_summary
 from moe_experts.evaluation.options import DEFAULTS, EvalOptions
 
@@ -47,7 +47,8 @@ def eval_cmd(ctx: click.Context, domains: str | None, systems: str | None, max_d
 
     setup = load_setup(ctx)
     opts = EvalOptions(domains=csv_names(domains), systems=csv_names(systems), max_docs=max_docs, top_k=top_k,
-                       resamples=resamples, seed=seed, suites=not no_suites, suite_recipe=suites_recipe,
+                       resamples=resamples, seed=seed, suites=not no_suites,
+                       suite_recipe=suites_recipe or repo_file("eval/suites.yaml"),
                        speed_prompts=0 if no_timing else DEFAULTS.speed_prompts,
                        latency_requests=0 if no_timing else DEFAULTS.latency_requests)
     result = evaluate(setup, opts, name)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from moe_experts.cli.common import load_setup, restart_option, resume_option, train_options
+from moe_experts.cli.common import load_setup, repo_file, restart_option, resume_option, train_options
 from moe_experts.cli.printing import print_corpora, print_doc_router_summary, print_report_summary, print_sanity
 
 
@@ -34,8 +34,8 @@ def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, st
     from moe_experts.routing.doc_router import router_dir
 
     setup = load_setup(ctx)
-    rec = load_recipe(recipe)
-    evaluation = EvalOptions(max_docs=eval_max_docs)
+    rec = load_recipe(recipe or repo_file("router_training/doc.yaml"))
+    evaluation = EvalOptions(max_docs=eval_max_docs, suite_recipe=repo_file("eval/suites.yaml"))
     evaluation.check()
     click.echo(f"workspace: {setup.workspace.root}  preset: {setup.preset.name}  experts: {', '.join(setup.registry.names)}")
     result = run(setup, train_options(resume, restart, update=update), strict=strict, recipe=rec, evaluation=evaluation)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from moe_experts.cli.common import load_setup, restart_option, resume_option, train_options
+from moe_experts.cli.common import load_setup, repo_file, restart_option, resume_option, train_options
 from moe_experts.cli.printing import print_doc_router_summary, print_token_router_summary
 from moe_experts.routing.kinds import DEFAULT_ROUTER_KIND, ROUTER_KINDS
 
@@ -51,7 +51,8 @@ def train_router(ctx: click.Context, kind: str, recipe: Path | None, unsupervise
              "include_seed": include_seed, "allow_dead_experts": allow_dead_experts}
     given = {k: v for k, v in given.items() if v is not None and v is not False}  # flags left out
     check_options(router, given)
-    rec = router.load_recipe(recipe, **{k: v for k, v in given.items() if k in router.recipe_options})
+    rec = router.load_recipe(recipe or repo_file(f"router_training/{router.default_recipe_file}"),
+                             **{k: v for k, v in given.items() if k in router.recipe_options})
     result = run(setup, rec, train_options(resume, restart), force=force, build=not no_build,
                  **{k: v for k, v in given.items() if k in router.run_options})
     if result.manifest is None:

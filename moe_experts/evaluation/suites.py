@@ -88,7 +88,7 @@ from moe_experts.workspace import (
 logger = logging.getLogger(__name__)
 
 SUITES: tuple[str, ...] = ("mixed", "out_of_domain", "adversarial")
-SUITES_FILE = Path("eval/suites.yaml")
+SUITES_FILE = Path("eval/suites.yaml")  # the repository's recipe, relative to where the CLI runs
 SUITES_MANIFEST = "manifest.json"
 # Bumped when the builder changes what a recipe produces, so built suites are rebuilt.
 SUITES_VERSION = 1
@@ -171,8 +171,8 @@ class SuiteRecipe(StrictModel):
 
 
 def load_suite_recipe(path: Path | None) -> SuiteRecipe:
-    """A suites recipe YAML (default: eval/suites.yaml when present, else built-in defaults)."""
-    return load_yaml_model(path, SUITES_FILE, SuiteRecipe)
+    """A suites recipe YAML (None: the built-in defaults)."""
+    return load_yaml_model(path, SuiteRecipe)
 
 
 # --------------------------------------------------------------------------- items

@@ -66,13 +66,13 @@ class RouterKind(ABC):
         return (*self.recipe_options, *self.run_options)
 
     def load_recipe(self, path: Path | None = None, **overrides: Any) -> Any:
-        """The recipe from ``path`` (default: router_training/<file> when present, else the built-in
-        defaults), with ``overrides`` of its ``recipe_options`` applied and validated."""
+        """The recipe from ``path`` (None: the built-in defaults), with ``overrides`` of its
+        ``recipe_options`` applied and validated."""
         from pydantic import ValidationError
 
-        from moe_experts.config import RECIPES_DIR, format_validation_error, load_yaml_model
+        from moe_experts.config import format_validation_error, load_yaml_model
 
-        recipe = load_yaml_model(path, RECIPES_DIR / self.default_recipe_file, self.recipe_model)
+        recipe = load_yaml_model(path, self.recipe_model)
         if not overrides:
             return recipe
         try:

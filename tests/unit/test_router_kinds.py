@@ -22,7 +22,8 @@ def test_each_kind_agrees_with_its_recipe_and_shipped_file(name: str, monkeypatc
     assert set(kind.recipe_options) <= set(kind.recipe_model.model_fields)  # every override is a recipe field
     monkeypatch.chdir(REPO)
     assert (RECIPES_DIR / kind.default_recipe_file).exists()
-    assert kind.load_recipe(None).kind == name  # the shipped file is the default, and it is of this kind
+    assert kind.load_recipe(RECIPES_DIR / kind.default_recipe_file).kind == name  # the shipped file is of this kind
+    assert kind.load_recipe(None) == kind.recipe_model()  # None: the built-in defaults, never a file in the cwd
 
 
 def test_default_kind_is_registered():

@@ -133,9 +133,10 @@ def _dump(suites: dict[str, list[SuiteItem]]) -> str:
 
 def test_shipped_recipe_equals_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert load_suite_recipe(REPO / "eval" / "suites.yaml") == SuiteRecipe()
-    monkeypatch.chdir(REPO)
-    assert load_suite_recipe(None) == SuiteRecipe()
-    monkeypatch.chdir(tmp_path)  # no eval/suites.yaml here: the built-in defaults
+    # the library never reads a recipe from the current folder: None is the built-in defaults
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "suites.yaml").write_text("seed: 99\n")
+    monkeypatch.chdir(tmp_path)
     assert load_suite_recipe(None) == SuiteRecipe()
 
 
