@@ -1,7 +1,11 @@
 """One exception tree for the library; the CLI turns it into a message and an exit code.
 
 Every error names what is wrong and how to fix it. Library code raises these
-and never exits; only ``cli.py`` decides exit codes.
+and never exits; only the CLI decides exit codes.
+
+A setting the caller chooses is named in backticks as the library calls it
+(`resume`, `top_k`), never as a flag: a Python caller reads the keyword it
+passes, and the CLI shows each such name as its flag (--resume, --top-k).
 """
 
 from __future__ import annotations

@@ -97,19 +97,19 @@ class Workspace:
             if meta.get("preset") != preset_name:
                 raise WorkspaceError(
                     f"workspace {self.root} was created for preset '{meta.get('preset')}', not '{preset_name}'",
-                    hint=f"pass --preset {meta.get('preset')}, or use another --workspace for preset {preset_name}",
+                    hint=f"use `preset` {meta.get('preset')}, or another `workspace` for preset {preset_name}",
                 )
             if meta.get("preset_fingerprint") != preset_fingerprint:
                 raise WorkspaceError(
                     f"preset '{preset_name}' changed since workspace {self.root} was created "
                     f"({meta.get('preset_fingerprint')} -> {preset_fingerprint})",
-                    hint="models in this workspace were built with the old settings; use a new --workspace",
+                    hint="models in this workspace were built with the old settings; use a new `workspace`",
                 )
             self._check_writable()
             return
         if not create:
             raise MissingArtifactError(
-                f"no workspace at {self.root}", hint="run `moe-experts quickstart` (or pass --workspace)"
+                f"no workspace at {self.root}", hint="run `moe-experts quickstart` (or point `workspace` at an existing one)"
             )
         try:
             self.root.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 import click
@@ -93,8 +94,32 @@ def main() -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except MoeExpertsError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {as_flags(str(exc))}", fg="red", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; training resumes from its last checkpoint with --resume", err=True)
         sys.exit(130)
+
+
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def _flag_names(command: click.Command, out: dict[str, str]) -> dict[str, str]:
+    """Every long flag of the command tree, by the setting name it stands for (--top-k -> top_k)."""
+    for param in command.params:
+        for opt in getattr(param, "opts", ()):
+            if opt.startswith("--"):
+                out.setdefault(opt[2:].replace("-", "_"), opt)
+    for sub in getattr(command, "commands", {}).values():
+        _flag_names(sub, out)
+    return out
+
+
+def as_flags(message: str) -> str:
+    """A library message as the command line says it: each setting in backticks becomes its flag.
+
+    The library names what a caller sets (`resume`, `top_k`) so that Python callers read their
+    keywords; here those become --resume and --top-k. Backticked commands are left as they are.
+    """
+    flags = _flag_names(cli, {})
+    return _SETTING.sub(lambda m: flags.get(m.group(1), m.group(0)), message)

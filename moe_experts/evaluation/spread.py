@@ -43,7 +43,7 @@ def check_comparable(reports: Sequence[dict[str, Any]]) -> None:
     """Refuse reports that were not scored on the same test split, cards and settings (or come from one run)."""
     if len(reports) < 2:
         raise ConfigError("a spread needs the reports of at least two training seeds",
-                          hint="train the workspace again with another --seed and evaluate it; give every report")
+                          hint="train the workspace again with another `seed` and evaluate it; give every report")
     first = reports[0]
     for r in reports[1:]:
         for key in ("test_split", "cards", "settings"):

@@ -56,7 +56,7 @@ class Answer:
         }
 
 
-def check_request(text: str, *, where: str = "--text", max_bytes: int = MAX_REQUEST_BYTES) -> str:
+def check_request(text: str, *, where: str = "`text`", max_bytes: int = MAX_REQUEST_BYTES) -> str:
     """The request text, or a RequestError that names the problem and the fix."""
     try:
         size = len(text.encode("utf-8"))
@@ -67,12 +67,12 @@ def check_request(text: str, *, where: str = "--text", max_bytes: int = MAX_REQU
             hint="re-encode the text as UTF-8 (e.g. iconv -t UTF-8)",
         ) from None
     if not text.strip():
-        raise RequestError(f"{where}: the request is empty", hint="pass the question as --text \"...\" or on stdin with --text -")
+        raise RequestError(f"{where}: the request is empty", hint="send the question's text (`text`; on the command line - reads it from stdin)")
     if size > max_bytes:
         raise RequestError(
             f"{where}: the request is {size:,} bytes; the limit is {max_bytes:,}",
             hint="send a shorter text (routing reads all of it; the experts' context is far smaller), "
-            "or raise the limit with --max-bytes",
+            "or raise the limit (`max_bytes`)",
         )
     return text
 
@@ -105,7 +105,7 @@ class ExpertPool:
 def check_expert(setup: Setup, name: str | None) -> None:
     if name is not None and name not in setup.registry.names:
         raise RequestError(
-            f"--expert: unknown expert '{name}'; the cards declare: {', '.join(setup.registry.names)}",
+            f"`expert`: unknown expert '{name}'; the cards declare: {', '.join(setup.registry.names)}",
             hint="pass one of those names, or add a card for it in " + setup.registry.source_dir,
         )
 
@@ -125,7 +125,7 @@ def ask(
     """Route every request, then answer each with its expert (or its top-k mixture)."""
     check_expert(setup, expert)
     if top_k < 1 or top_k > len(setup.registry.names):
-        raise RequestError(f"--top-k must be between 1 and {len(setup.registry.names)} (the number of experts), got {top_k}")
+        raise RequestError(f"`top_k` must be between 1 and {len(setup.registry.names)} (the number of experts), got {top_k}")
     pool = pool or ExpertPool(setup)
     overrides = overrides or {}
     decisions, seconds = router.route([r.text for r in requests], explain=explain)

@@ -94,7 +94,7 @@ def ask_token(setup: Setup, requests: Sequence[Request], *, overrides: dict[str,
     n_layers = loaded.model.config.num_hidden_layers
     chosen = n_layers - 1 if layer is None else layer
     if not 0 <= chosen < n_layers:
-        raise RequestError(f"--layer must be between 0 and {n_layers - 1} (the MoE has {n_layers} layers), got {layer}")
+        raise RequestError(f"`layer` must be between 0 and {n_layers - 1} (the MoE has {n_layers} layers), got {layer}")
     settings = GenerationSettings.from_card(setup.registry.fallback.generation, **(overrides or {}))
     outs = generate(loaded.model, loaded.tokenizer, [r.text for r in requests], settings, batch_size=batch_size)
     answers = []

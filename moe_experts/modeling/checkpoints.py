@@ -104,17 +104,17 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
     if not manifest_path.exists():
         raise CheckpointError(
             f"checkpoint {folder} is incomplete: no {MANIFEST}",
-            hint="it was not written by a finished build; rebuild it (--force)",
+            hint="it was not written by a finished build; rebuild it (`force`)",
         )
     manifest = read_json(manifest_path)
     for name, expected in manifest.get("weights_sha256", {}).items():
         path = folder / name
         if not path.exists():
-            raise CheckpointError(f"checkpoint {folder} is missing {name}", hint="rebuild it (--force)")
+            raise CheckpointError(f"checkpoint {folder} is missing {name}", hint="rebuild it (`force`)")
         if sha256_file(path) != expected:
             raise CheckpointError(
                 f"checkpoint {folder} is corrupted: {name} does not match the hash recorded when it was saved",
-                hint="rebuild it (--force); the file was truncated or modified",
+                hint="rebuild it (`force`); the file was truncated or modified",
             )
     return manifest
 
@@ -146,7 +146,7 @@ def check_shared_vocabulary(tokenizers: Mapping[str, Any]) -> None:
         described = " vs ".join("{" + ", ".join(repr(n) for n in sorted(names)) + "}" for names in groups.values())
         raise ConfigError(
             f"the top-k mixture needs experts that share one vocabulary, but these use different ones: {described}",
-            hint="use --top-k 1, or mix only experts that share a tokenizer",
+            hint="use a `top_k` of 1, or mix only experts that share a tokenizer",
         )
 
 
@@ -163,7 +163,7 @@ def _from_pretrained(
         if local:
             raise CheckpointError(
                 f"cannot load the model in {name}: {_first_line(exc)}",
-                hint="the folder is corrupted or not a transformers causal LM; rebuild it (--force)",
+                hint="the folder is corrupted or not a transformers causal LM; rebuild it (`force`)",
             ) from exc
         raise CheckpointError(
             f"cannot load '{name}': not a local folder, and not in the Hugging Face cache or reachable "

@@ -93,7 +93,7 @@ def prepare_checkpoint_dir(
     refused: its optimiser state and weights belong to another experiment.
     """
     if resume and restart:
-        raise TrainingError("--resume and --restart contradict each other", hint="pass one of them")
+        raise TrainingError("`resume` and `restart` contradict each other", hint="ask for one of them")
     latest = latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
     if latest is None:
         if resume:
@@ -108,7 +108,7 @@ def prepare_checkpoint_dir(
     if not resume:
         raise TrainingError(
             f"{what}: an interrupted run left checkpoints in {ckpt_dir} (latest: {latest.name})",
-            hint="pass --resume to continue it, or --restart to discard it and start over",
+            hint="set `resume` to continue it, or `restart` to discard it and start over",
         )
     if inputs is not None:
         record = ckpt_dir / RUN_RECORD
@@ -122,8 +122,8 @@ def prepare_checkpoint_dir(
             if diffs:
                 raise TrainingError(
                     f"{what}: the interrupted run in {ckpt_dir} was started from other inputs:\n  " + "\n  ".join(diffs),
-                    hint="pass --restart to discard it and train from these inputs, "
-                    "or restore the recipe / data it was started from and --resume",
+                    hint="set `restart` to discard it and train from these inputs, "
+                    "or restore the recipe / data it was started from and set `resume`",
                 )
     logger.info("%s: resuming from %s", what, latest.name)
     return latest
@@ -187,7 +187,7 @@ def _resumable(trainer_class: Any) -> Any:
                     f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}), "
                     f"{len(load_result.unexpected_keys)} unexpected "
                     f"({', '.join(sorted(load_result.unexpected_keys)[:3])})",
-                    hint="the interrupted run was written by another version or model; pass --restart to start over",
+                    hint="the interrupted run was written by another version or model; set `restart` to start over",
                 )
 
     return ResumableTrainer

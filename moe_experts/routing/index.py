@@ -57,7 +57,7 @@ class IndexInfo:
             raise CheckpointError(
                 f"vector index info is malformed (missing {sorted(missing)}, unknown {sorted(unknown)}, "
                 f"kind {data.get('kind')!r})",
-                hint="rebuild the document router's index (rerun its build with --force)",
+                hint="rebuild the document router's index (rerun its build with `force`)",
             )
         return cls(**{**data, "params": dict(data.get("params", {}))})
 
@@ -200,7 +200,7 @@ class VectorIndex:
         import faiss
 
         path = folder / INDEX_FILE
-        fix = "rebuild the document router's index (rerun its build with --force)"
+        fix = "rebuild the document router's index (rerun its build with `force`)"
         if not path.is_file():
             raise CheckpointError(f"vector index {path} is missing", hint=fix)
         try:

@@ -158,16 +158,16 @@ def router_kind(name: str) -> RouterKind:
 
 
 def check_options(kind: RouterKind, options: Mapping[str, Any]) -> None:
-    """Refuse options (recipe overrides or run switches) that belong to another kind, naming their flags."""
+    """Refuse options (recipe overrides or run switches) that belong to another kind, naming them."""
     foreign = [o for o in options if o not in kind.options]
     if not foreign:
         return
     owners = [k.name for k in ROUTER_KINDS.values() if foreign[0] in k.options]
     if not owners:
-        raise ConfigError(f"--kind {kind.name} takes no {_flags(foreign)}; no router kind does", hint=f"drop {_flags(foreign)}")
-    raise ConfigError(f"--kind {kind.name} takes no {_flags(foreign)}; such flags only apply to --kind {owners[0]}",
-                      hint=f"add --kind {owners[0]}, or drop {_flags(foreign)}")
+        raise ConfigError(f"`kind` {kind.name} takes no {_flags(foreign)}; no router kind does", hint=f"drop {_flags(foreign)}")
+    raise ConfigError(f"`kind` {kind.name} takes no {_flags(foreign)}; such settings only apply to `kind` {owners[0]}",
+                      hint=f"use `kind` {owners[0]}, or drop {_flags(foreign)}")
 
 
 def _flags(options: Mapping[str, Any] | list[str]) -> str:
-    return ", ".join(f"--{o.replace('_', '-')}" for o in options)
+    return ", ".join(f"`{o}`" for o in options)

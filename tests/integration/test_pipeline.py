@@ -217,7 +217,7 @@ def test_resume_after_interruption_reaches_the_same_model(micro_setup, tmp_path)
     with pytest.raises(_Interrupt):
         train_seed(broken, TrainOptions(callbacks=[StopAt()]))
     assert not broken.workspace.model_dir(SEED).exists()  # nothing half-written
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(TrainingError, match="`resume`"):
         train_seed(broken)
     resumed = train_seed(broken, TrainOptions(resume=True))
 
@@ -238,7 +238,7 @@ def test_restart_discards_the_interrupted_run(trained_setup, tmp_path):
     setup = Setup(workspace=Workspace(root), registry=trained_setup.registry, preset=trained_setup.preset)
     leftover = setup.workspace.checkpoints_dir(GENERALIST) / "checkpoint-4"
     leftover.mkdir(parents=True)
-    with pytest.raises(TrainingError, match="--restart"):
+    with pytest.raises(TrainingError, match="`restart`"):
         train_generalists(setup)
     built = train_generalists(setup, TrainOptions(restart=True))
     assert built[0].manifest["training"]["resumed_from_step"] is None

@@ -192,14 +192,14 @@ def test_interrupted_training_resumes_to_the_same_router(trained_setup, tmp_path
     ckpts = broken.workspace.checkpoints_dir("token-router")
     assert (ckpts / RUN_RECORD).exists() and (ckpts / f"checkpoint-{save_steps}").is_dir()
     assert not token_router_dir(broken.workspace.root).exists()  # nothing half-written
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(TrainingError, match="`resume`"):
         train_token_router(broken, recipe)
 
     # another recipe cannot pick up this run's optimiser state: named down to the field
     other = recipe.model_copy(update={"top_k": 1})
     with pytest.raises(TrainingError, match=r"recipe\.top_k: started from 2, now 1") as refused:
         train_token_router(broken, other, TrainOptions(resume=True))
-    assert "--restart" in refused.value.hint
+    assert "`restart`" in refused.value.hint
     # the health check's settings are not part of training: changing them does not block the resume
     laxer = recipe.model_copy(update={"health_blocks_per_domain": 1})
     manifest = train_token_router(broken, laxer, TrainOptions(resume=True))

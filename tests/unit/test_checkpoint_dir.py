@@ -41,7 +41,7 @@ def test_resume_with_other_inputs_names_each_changed_field(tmp_path):
     assert "recipe.top_k: started from 2, now 1" in message
     assert "recipe.training.learning_rate: started from 0.001, now 0.01" in message
     assert "steps" not in message and "corpus_hash" not in message
-    assert "--restart" in err.value.hint
+    assert "`restart`" in err.value.hint
     assert (folder / "checkpoint-100").is_dir()  # refused, not touched
 
 
@@ -71,6 +71,6 @@ def test_interrupted_run_needs_a_decision(tmp_path):
     folder = _interrupted(tmp_path)
     with pytest.raises(TrainingError, match="interrupted run") as err:
         prepare_checkpoint_dir(folder, what="stage", resume=False, restart=False, inputs=INPUTS)
-    assert "--resume" in err.value.hint and "--restart" in err.value.hint
+    assert "`resume`" in err.value.hint and "`restart`" in err.value.hint
     with pytest.raises(TrainingError, match="contradict"):
         prepare_checkpoint_dir(folder, what="stage", resume=True, restart=True, inputs=INPUTS)

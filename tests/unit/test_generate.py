@@ -320,4 +320,4 @@ def test_shared_vocabulary_accepts_one_tokenizer_and_refuses_two(tokenizer):
     with pytest.raises(ConfigError) as caught:
         check_shared_vocabulary({"law": tokenizer, "medicine": tokenizer, "code": other})
     text = str(caught.value)
-    assert "'code'" in text and "'law'" in text and "'medicine'" in text and "--top-k 1" in text
+    assert "'code'" in text and "'law'" in text and "'medicine'" in text and "`top_k` of 1" in text

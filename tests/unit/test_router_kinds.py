@@ -33,16 +33,16 @@ def test_default_kind_is_registered():
 def test_overrides_are_applied_and_validated():
     token = ROUTER_KINDS["token"]
     assert token.load_recipe(None, merge_rest="seed", include_seed=True).merge_rest == "seed"
-    with pytest.raises(ConfigError, match="--train"):
+    with pytest.raises(ConfigError, match="`train`"):
         token.load_recipe(None, train="everything")
 
 
 def test_options_of_another_kind_are_refused_with_the_flag_and_the_kind():
     check_options(ROUTER_KINDS["doc"], {"unsupervised": True})  # its own: fine
-    with pytest.raises(ConfigError, match="--merge-rest, --train; such flags only apply to --kind token") as exc:
+    with pytest.raises(ConfigError, match="`merge_rest`, `train`; such settings only apply to `kind` token") as exc:
         check_options(ROUTER_KINDS["doc"], {"merge_rest": "seed", "train": "all"})
-    assert "add --kind token" in str(exc.value)
-    with pytest.raises(ConfigError, match="only apply to --kind doc"):
+    assert "use `kind` token" in str(exc.value)
+    with pytest.raises(ConfigError, match="only apply to `kind` doc"):
         check_options(ROUTER_KINDS["token"], {"unsupervised": True})
     with pytest.raises(ConfigError, match="(?s)unknown router kind 'mystery'.*doc, token"):
         router_kind("mystery")
