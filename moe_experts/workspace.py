@@ -116,7 +116,7 @@ class Workspace:
         except OSError as exc:
             raise WorkspaceError(
                 f"cannot create workspace {self.root}: {exc.strerror}",
-                hint="pass --workspace (or set MOE_EXPERTS_WORKSPACE) to a folder you can write",
+                hint="point `workspace` (or MOE_EXPERTS_WORKSPACE) at a folder you can write",
             ) from exc
         self._check_writable()
         write_json_atomic(
@@ -137,7 +137,7 @@ class Workspace:
         except OSError as exc:
             raise WorkspaceError(
                 f"workspace {self.root} is not writable: {exc.strerror}",
-                hint="pass --workspace (or set MOE_EXPERTS_WORKSPACE) to a folder you can write",
+                hint="point `workspace` (or MOE_EXPERTS_WORKSPACE) at a folder you can write",
             ) from exc
 
     def clean_stale_temporaries(self) -> int:
@@ -214,7 +214,7 @@ def read_json(path: Path) -> Any:
         raise
     except (OSError, ValueError) as exc:
         raise WorkspaceError(
-            f"{path} is unreadable or corrupted: {exc}", hint="rebuild the artifact it belongs to (--force)"
+            f"{path} is unreadable or corrupted: {exc}", hint="rebuild the artifact it belongs to (`force`)"
         ) from exc
 
 

@@ -297,7 +297,7 @@ class DocRouter:
         if manifest.get("format_version") != FORMAT_VERSION:
             raise StaleArtifactError(
                 f"{path} has format version {manifest.get('format_version')}, this moe-experts reads {FORMAT_VERSION}",
-                hint="retrain it: moe-experts train-router --force",
+                hint="retrain it: `moe-experts train-router --force`",
             )
         check_compatible(manifest, registry, corpus_hashes, check_embedder=check_embedder)
         try:
@@ -305,7 +305,7 @@ class DocRouter:
         except Exception as exc:  # safetensors raises its own error types for truncated files
             raise CheckpointError(
                 f"router weights {folder / TENSORS} are missing or corrupted: {exc}",
-                hint="retrain it: moe-experts train-router --force",
+                hint="retrain it: `moe-experts train-router --force`",
             ) from exc
         info = IndexInfo.from_json(manifest["index"])
         index = VectorIndex.load(folder, info)
@@ -350,5 +350,5 @@ def check_compatible(
     if diffs:
         raise StaleArtifactError(
             "the document router does not match this workspace:\n  " + "\n  ".join(diffs),
-            hint="retrain it: moe-experts train-router --force",
+            hint="retrain it: `moe-experts train-router --force`",
         )

@@ -85,7 +85,7 @@ def _read_split(setup: Setup, split: str, limit: int | None) -> Split:
         docs = list(iter_documents(setup.workspace, card.domain, split))  # type: ignore[arg-type]
         if not docs:
             raise DataError(f"domain '{card.domain}' has an empty {split} split; the router cannot learn it",
-                            hint="add sources to its card, then moe-experts data build --force")
+                            hint="add sources to its card, then `moe-experts data build --force`")
         if limit is not None and len(docs) > limit:
             # a deterministic sample that does not depend on file order: the lowest content hashes
             docs = sorted(docs, key=lambda d: unit_hash(d.text, "router-sample"))[:limit]

@@ -51,7 +51,7 @@ def test_unwritable_workspace_is_one_clear_error(tmp_path: Path):
     blocker.write_text("not a folder")
     with pytest.raises(WorkspaceError, match="cannot create workspace") as err:
         Workspace(blocker / "ws").open("tiny", "f")
-    assert "--workspace" in str(err.value)
+    assert "`workspace`" in str(err.value)
 
 
 def test_default_workspace_follows_preset_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
