@@ -35,6 +35,7 @@ from moe_experts.routing.classifier import (
     combined_log_probs,
     knn_log_probs,
 )
+from moe_experts.routing.doc_fit import FORMAT_VERSION, FittedRouter, Split, fit_router
 from moe_experts.routing.embedder import Embedder, resolve_embedder, weights_hash
 from moe_experts.routing.index import IndexInfo, VectorIndex
 from moe_experts.workspace import Workspace, atomic_dir, read_json, write_json_atomic
@@ -44,9 +45,7 @@ logger = logging.getLogger(__name__)
 ROUTER_JSON = "router.json"
 TENSORS = "classifier.safetensors"
 DOCUMENTS = "documents.jsonl"
-FORMAT_VERSION = 1
 EXPLAIN_NEIGHBOURS = 5
-SNIPPET_CHARS = 160
 
 
 @dataclass(frozen=True)
@@ -229,9 +228,6 @@ class DocRouter:
         ``val_fraction`` of every expert's texts (chosen by content hash) calibrates the posterior
         and tunes the abstain thresholds. ``save`` writes it; ``load`` reads it back.
         """
-        from moe_experts.routing.embedder import Embedder
-        from moe_experts.routing.train_doc import Split, fit_router
-
         recipe = recipe or DocRouterRecipe()
         if len(texts) != len(labels):
             raise ConfigError(f"fit: {len(texts)} texts but {len(labels)} labels", hint="give one label per text")
@@ -259,8 +255,31 @@ class DocRouter:
             return Split([f"{prefix}-{i}" for i in range(len(xs))], list(xs), np.asarray([index[y] for y in ys]))
 
         embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size)
-        return fit_router(split("train", texts, labels), split("val", val_texts, val_labels), experts=experts,
-                          domains=experts, fallback=fallback, recipe=recipe, embedder=embedder)
+        fitted = fit_router(split("train", texts, labels), split("val", val_texts, val_labels), experts=experts,
+                            domains=experts, fallback=fallback, recipe=recipe, embedder=embedder)
+        return cls.from_fit(fitted, embedder)
+
+    @classmethod
+    def from_fit(cls, fitted: FittedRouter, embedder: Embedder | None = None) -> DocRouter:
+        """The router of a fit, in memory (``save`` writes it)."""
+        return cls(fitted.manifest, fitted.index, fitted.tensors, fitted.calibrator, None, embedder=embedder,
+                   documents=fitted.documents)
+
+    def check_examples(self, examples: list[tuple[str, str, bool]], vectors: np.ndarray) -> dict[str, Any]:
+        """Route the cards' example prompts: positives must reach their expert, negatives must not."""
+        probs, sims, _ = self.posteriors(vectors)
+        wrong = []
+        n_pos = n_pos_ok = n_neg = n_neg_ok = 0
+        for (name, text, positive), p, s in zip(examples, probs, sims[:, 0]):
+            expert, _, _, reason = self.decide(p, float(s))
+            ok = (expert == name) if positive else (expert != name)
+            n_pos, n_neg = n_pos + positive, n_neg + (not positive)
+            n_pos_ok, n_neg_ok = n_pos_ok + (positive and ok), n_neg_ok + (not positive and ok)
+            if not ok:
+                kind = "positive" if positive else "negative"
+                wrong.append({"card": name, "kind": kind, "text": text[:120], "routed_to": expert, "reason": reason})
+                logger.warning("router: %s example of card '%s' routed to '%s': %r (%s)", kind, name, expert, text[:80], reason)
+        return {"positive": f"{n_pos_ok}/{n_pos}", "negative": f"{n_neg_ok}/{n_neg}", "misrouted": wrong}
 
     def save(self, folder: Path) -> None:
         """Write the router (index, classifier, documents, router.json) into ``folder`` atomically."""

@@ -84,9 +84,13 @@ def test_no_layer_imports_one_above_it():
     assert not upward, "imports against the layer order:\n  " + "\n  ".join(upward)
 
 
-def test_no_import_cycle_between_layers():
-    graph = _graph()
-    cycles = []
+def _module_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items() if name != "moe_experts"}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
+    cycles: list[str] = []
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(node: str, path: list[str]) -> None:
@@ -101,7 +105,18 @@ def test_no_import_cycle_between_layers():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
-    assert not cycles, "import cycles:\n  " + "\n  ".join(cycles)
+    return cycles
+
+
+def test_no_import_cycle_between_layers():
+    cycles = _cycles(_graph())
+    assert not cycles, "import cycles between layers:\n  " + "\n  ".join(cycles)
+
+
+def test_no_import_cycle_between_modules():
+    """Inside a layer too: two modules that import each other are one module in two files."""
+    cycles = _cycles(_module_graph())
+    assert not cycles, "import cycles between modules:\n  " + "\n  ".join(cycles)
 
 
 def test_the_checker_sees_a_lazy_upward_import(tmp_path, monkeypatch):
@@ -116,3 +131,5 @@ def test_the_checker_sees_a_lazy_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     graph = _graph()
     assert graph["data"] == {"evaluation"} and graph["evaluation"] == {"data"}
+    assert _cycles(graph) == ["data -> evaluation -> data"]
+    assert _cycles(_module_graph()) == ["moe_experts.data -> moe_experts.evaluation -> moe_experts.data"]
