@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
-from moe_experts.config import TokenRouterRecipe, load_preset, load_registry  # noqa: E402
+from moe_experts.config import load_preset, load_registry  # noqa: E402
+from moe_experts.recipes import TokenRouterRecipe  # noqa: E402
 from moe_experts.modeling.checkpoints import load_checkpoint  # noqa: E402
 from moe_experts.modeling.sanity import eval_documents, score_texts  # noqa: E402
 from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions, train_experts, train_generalists  # noqa: E402

@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
-from moe_experts.config import TokenRouterRecipe, load_preset, load_registry, load_token_recipe  # noqa: E402
+from moe_experts.config import load_preset, load_registry  # noqa: E402
+from moe_experts.recipes import TokenRouterRecipe, load_token_recipe  # noqa: E402
 from moe_experts.modeling.stages import Setup  # noqa: E402
 from moe_experts.workspace import Workspace, read_json  # noqa: E402
 

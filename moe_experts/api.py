@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from moe_experts.config import DocRouterRecipe, ExpertRegistry, Preset
+    from moe_experts.config import ExpertRegistry, Preset
+    from moe_experts.recipes import DocRouterRecipe
     from moe_experts.inference.ask import Answer
     from moe_experts.modeling.stages import Setup
     from moe_experts.routing.doc_router import DocRouter, RoutingDecision
@@ -223,7 +224,7 @@ class MoE:
 
 
 def _doc_recipe(recipe: Any) -> DocRouterRecipe:
-    from moe_experts.config import DocRouterRecipe, load_recipe
+    from moe_experts.recipes import DocRouterRecipe, load_recipe
 
     if recipe is None or isinstance(recipe, DocRouterRecipe):
         return recipe or DocRouterRecipe()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from moe_experts.config import DocRouterRecipe
+from moe_experts.recipes import DocRouterRecipe
 from moe_experts.data.build import build_corpora, corpora_dir, corpora_status, require_corpora
 from moe_experts.data.tokenizer import build_token_streams, tokenizer_status, train_tokenizer
 from moe_experts.errors import MissingArtifactError, StaleArtifactError

@@ -111,7 +111,7 @@ SMALL_ROUTER_RECIPE = {"max_train_documents_per_domain": 40, "max_val_documents_
 @pytest.fixture(scope="session")
 def routed(trained_setup, tmp_path_factory):
     """The trained micro workspace plus a document router trained with a small recipe."""
-    from moe_experts.config import load_recipe
+    from moe_experts.recipes import load_recipe
     from moe_experts.routing.train_doc import train_doc_router
 
     recipe_path = tmp_path_factory.mktemp("recipe") / "doc.yaml"

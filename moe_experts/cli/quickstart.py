@@ -28,7 +28,7 @@ def quickstart(ctx: click.Context, resume: bool, restart: bool, update: bool, st
     validation-perplexity sanity check, the document router, and the
     evaluation report on the test split. A second run reuses everything.
     """
-    from moe_experts.config import load_recipe
+    from moe_experts.recipes import load_recipe
     from moe_experts.evaluation.options import EvalOptions
     from moe_experts.pipeline import quickstart as run
     from moe_experts.routing.doc_router import router_dir

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_experts.config import DocRouterRecipe
+from moe_experts.recipes import DocRouterRecipe
 from moe_experts.data.split import unit_hash
 from moe_experts.routing.classifier import (
     Calibrator,

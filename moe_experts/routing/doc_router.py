@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from moe_experts.config import DocRouterRecipe, ExpertRegistry
+from moe_experts.config import ExpertRegistry
+from moe_experts.recipes import DocRouterRecipe
 from moe_experts.data.split import unit_hash
 from moe_experts.errors import CheckpointError, ConfigError, MissingArtifactError, StaleArtifactError
 from moe_experts.routing.classifier import (

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from moe_experts.errors import ConfigError
 
 if TYPE_CHECKING:
-    from moe_experts.config import DocRouterRecipe, StrictModel, TokenRouterRecipe
+    from moe_experts.config import StrictModel
+    from moe_experts.recipes import DocRouterRecipe, TokenRouterRecipe
     from moe_experts.modeling.stages import Setup, TrainOptions
 
 
@@ -90,7 +91,7 @@ class DocRouterKind(RouterKind):
 
     @property
     def recipe_model(self) -> type[DocRouterRecipe]:
-        from moe_experts.config import DocRouterRecipe
+        from moe_experts.recipes import DocRouterRecipe
 
         return DocRouterRecipe
 
@@ -123,7 +124,7 @@ class TokenRouterKind(RouterKind):
 
     @property
     def recipe_model(self) -> type[TokenRouterRecipe]:
-        from moe_experts.config import TokenRouterRecipe
+        from moe_experts.recipes import TokenRouterRecipe
 
         return TokenRouterRecipe
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_experts.config import TokenRouterRecipe
+from moe_experts.recipes import TokenRouterRecipe
 from moe_experts.errors import TrainingError
 from moe_experts.modeling.checkpoints import save_checkpoint
 from moe_experts.modeling.stages import SEED, Setup, TrainOptions, data_inputs, expert_weights_id, load_expert

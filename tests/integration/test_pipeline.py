@@ -133,7 +133,7 @@ def test_experts_branch_from_the_seed_and_generalist_is_compute_matched(trained_
 
 
 def test_second_run_reuses_everything(trained_setup):
-    from moe_experts.config import DocRouterRecipe
+    from moe_experts.recipes import DocRouterRecipe
     from tests.conftest import SMALL_ROUTER_RECIPE as SMALL
 
     recipe = DocRouterRecipe.model_validate(SMALL)

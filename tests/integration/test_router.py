@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from moe_experts.config import DocRouterRecipe, load_recipe, load_registry
+from moe_experts.config import load_registry
+from moe_experts.recipes import DocRouterRecipe, load_recipe
 from moe_experts.errors import MissingArtifactError, StaleArtifactError
 from moe_experts.routing.doc_router import DocRouter, router_dir
 from tests.conftest import REPO

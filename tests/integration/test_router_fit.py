@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe_experts.config import DocRouterRecipe
+from moe_experts.recipes import DocRouterRecipe
 from moe_experts.errors import ConfigError
 from moe_experts.routing.doc_router import DocRouter
 

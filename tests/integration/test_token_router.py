@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from moe_experts.config import TokenRouterRecipe
+from moe_experts.recipes import TokenRouterRecipe
 from moe_experts.errors import TrainingError
 from moe_experts.routing.train_token import token_router_dir, token_router_status, train_token_router
 from tests.integration.test_cli import run_cli

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "moe_experts"
 # Bottom to top. A module may import only from its own layer or the ones before it.
 LAYERS = [
     ["errors", "machine", "progress", "sources"],
-    ["config", "workspace"],
+    ["config", "workspace", "recipes"],
     ["data"],
     ["modeling"],
     ["routing"],

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 import pytest
 
-from moe_experts.config import RECIPES_DIR, StrictModel
+from moe_experts.config import StrictModel
+from moe_experts.recipes import RECIPES_DIR
 from moe_experts.errors import ConfigError, StaleArtifactError
 from moe_experts.routing.kinds import DEFAULT_ROUTER_KIND, ROUTER_KINDS, RouterKind, RouterStatus, check_options, router_kind
 

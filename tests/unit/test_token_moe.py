@@ -128,7 +128,7 @@ def test_refuses_other_shapes_and_architectures(experts):
 
 
 def test_shipped_token_recipe_is_the_defaults_and_bad_fields_are_named(tmp_path):
-    from moe_experts.config import TokenRouterRecipe, load_token_recipe
+    from moe_experts.recipes import TokenRouterRecipe, load_token_recipe
     from tests.conftest import REPO
 
     assert load_token_recipe(REPO / "router_training" / "token.yaml") == TokenRouterRecipe()
@@ -140,7 +140,8 @@ def test_shipped_token_recipe_is_the_defaults_and_bad_fields_are_named(tmp_path)
 
 def test_learning_rate_defaults_to_the_experts_own(tmp_path):
     """Omitted, the peak learning rate is the preset's branch-phase rate; given, it is kept; bad values are named."""
-    from moe_experts.config import TokenRouterRecipe, load_preset, load_token_recipe
+    from moe_experts.config import load_preset
+    from moe_experts.recipes import TokenRouterRecipe, load_token_recipe
 
     for name in ("tiny", "small"):
         preset = load_preset(name)
