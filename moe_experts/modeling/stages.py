@@ -287,18 +287,20 @@ def train_generalists(setup: Setup, opts: TrainOptions = TrainOptions()) -> list
     """The compute-matched generalist, and the parameter-matched one when the preset asks for it."""
     data = data_inputs(setup)
     n_branches = len(setup.registry.starters)
-    phase = setup.preset.generalist_phase(sum(consumed_tokens(setup).values()))
-    out = [_train_generalist(setup, data, GENERALIST, setup.preset.model, phase, opts, "compute")]
+    consumed = consumed_tokens(setup)  # read once: the budget, and what the manifest says it matched
+    phase = setup.preset.generalist_phase(sum(consumed.values()))
+    out = [_train_generalist(setup, data, GENERALIST, setup.preset.model, phase, opts, "compute", consumed)]
     if setup.preset.parameter_matched_generalist:
         vocab = len(load_tokenizer(setup.workspace.tokenizer_dir))
         target = n_branches * llama_parameters(setup.preset.model, vocab)
         shape = parameter_matched_shape(setup.preset.model, vocab, target)
-        out.append(_train_generalist(setup, data, GENERALIST_PARAMS, shape, phase, opts, "parameters"))
+        out.append(_train_generalist(setup, data, GENERALIST_PARAMS, shape, phase, opts, "parameters", consumed))
     return out
 
 
 def _train_generalist(
-    setup: Setup, data: DataInputs, name: str, shape: ModelShape, phase: PhaseConfig, opts: TrainOptions, matched: str
+    setup: Setup, data: DataInputs, name: str, shape: ModelShape, phase: PhaseConfig, opts: TrainOptions, matched: str,
+    consumed: dict[str, int],
 ) -> Built:
     inputs = {**_inputs(setup, data, parent=None), "steps": phase.steps, "shape": shape.model_dump()}
 
@@ -308,7 +310,7 @@ def _train_generalist(
         return _train_and_save(
             setup, name, model, tokenizer, data, setup.registry.domains, phase, inputs, opts,
             {"role": "generalist", "matched": matched, "domains": setup.registry.domains,
-             "matched_to": consumed_tokens(setup)},
+             "matched_to": consumed},
         )
 
     return _reuse_or_build(setup, name, inputs, opts, build)
