@@ -137,7 +137,7 @@ class MoE:
         from moe_experts.pipeline import quickstart
 
         result = quickstart(self.setup, TrainOptions(resume=resume, restart=restart, update=update), strict=strict,
-                            recipe=_doc_recipe(doc_router), evaluation=EvalOptions(max_docs=eval_max_docs))
+                            recipe=_recipe("doc", doc_router), evaluation=EvalOptions(max_docs=eval_max_docs))
         self._doc_router = None  # a retrained router is loaded afresh
         report = Report.from_json(result.report, result.report_dir) if result.report is not None else None
         return BuildResult(stages=tuple((t.stage, t.seconds, t.built) for t in result.timings),
@@ -153,15 +153,10 @@ class MoE:
         """
         from moe_experts.modeling.stages import TrainOptions
         from moe_experts.pipeline import train_router
-        from moe_experts.routing.kinds import router_kind
         from moe_experts.workspace import MANIFEST, read_json
 
-        spec = router_kind(kind)
-        if recipe is None:
-            recipe = spec.recipe_model()
-        elif not isinstance(recipe, spec.recipe_model):
-            recipe = spec.load_recipe(Path(recipe))
-        result = train_router(self.setup, recipe, TrainOptions(resume=resume, restart=restart), force=force, **run)
+        result = train_router(self.setup, _recipe(kind, recipe), TrainOptions(resume=resume, restart=restart),
+                              force=force, **run)
         if kind == "doc":
             self._doc_router = None  # a retrained router is loaded afresh
         manifest = result.manifest
@@ -223,10 +218,11 @@ class MoE:
         return Report.from_json(result.report, result.folder)
 
 
-def _doc_recipe(recipe: Any) -> DocRouterRecipe:
-    from moe_experts.recipes import DocRouterRecipe, load_recipe
+def _recipe(kind: str, recipe: Any) -> Any:
+    """A router kind's recipe: the object given, a YAML path, or (None) the built-in defaults."""
+    from moe_experts.routing.kinds import router_kind
 
-    if recipe is None or isinstance(recipe, DocRouterRecipe):
-        return recipe or DocRouterRecipe()
-    return load_recipe(Path(recipe))
-
+    spec = router_kind(kind)
+    if recipe is None:
+        return spec.recipe_model()
+    return recipe if isinstance(recipe, spec.recipe_model) else spec.load_recipe(Path(recipe))
