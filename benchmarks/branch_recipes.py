@@ -15,8 +15,6 @@ Writes ``benchmarks/results/branch_recipes-<date>-<preset>.json`` and prints a m
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import logging
 import shutil
 import sys
@@ -25,12 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
-from moe_experts.config import load_preset, load_registry  # noqa: E402
-from moe_experts.recipes import TokenRouterRecipe  # noqa: E402
-from moe_experts.modeling.checkpoints import load_checkpoint  # noqa: E402
-from moe_experts.modeling.sanity import eval_documents, score_texts  # noqa: E402
+from benchmarks.machine import write_result  # noqa: E402
+from benchmarks.validation import open_bench, parser  # noqa: E402
 from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions, train_experts, train_generalists  # noqa: E402
+from moe_experts.recipes import TokenRouterRecipe  # noqa: E402
 from moe_experts.workspace import Workspace  # noqa: E402
 
 logger = logging.getLogger("branch_recipes")
@@ -52,52 +48,34 @@ def variant_setup(base: Setup, root: Path, trunk: str) -> Setup:
     return Setup(workspace=ws, registry=base.registry, preset=preset)
 
 
-def score(setup: Setup, folder: Path, docs: dict[str, list[str]]) -> dict[str, float]:
-    loaded = load_checkpoint(folder)
-    window = min(setup.preset.seq_len, loaded.model.config.max_position_embeddings)
-    return {d: score_texts(loaded.model, loaded.tokenizer, texts, window=window,
-                           batch_size=setup.preset.batch_size).bits_per_byte for d, texts in docs.items()}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-w", "--workspace", type=Path, required=True, help="workspace with corpora, tokenizer, seed")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--cards", type=Path, default=Path("experts"))
-    parser.add_argument("--trunks", default="train,frozen")
-    parser.add_argument("--token-recipes", default="all", help="comma list of token-router 'train' modes (all, gates)")
-    parser.add_argument("--frozen-token-recipes", default="all,gates",
-                        help="the same for shared-trunk experts, whose exact merge makes gates-only training worth a row")
-    parser.add_argument("--token-steps", type=int, default=None, help="token-router steps [the recipe's]")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    ap = parser(__doc__, "workspace with corpora, tokenizer, seed")
+    ap.add_argument("--trunks", default="train,frozen")
+    ap.add_argument("--token-recipes", default="all", help="comma list of token-router 'train' modes (all, gates)")
+    ap.add_argument("--frozen-token-recipes", default="all,gates",
+                    help="the same for shared-trunk experts, whose exact merge makes gates-only training worth a row")
+    ap.add_argument("--token-steps", type=int, default=None, help="token-router steps [the recipe's]")
+    args = ap.parse_args()
+    bench = open_bench(args)
+    base = bench.setup
     from moe_experts.routing.train_token import token_router_dir, train_token_router
 
-    preset = load_preset(args.preset)
-    base = Setup(workspace=Workspace(args.workspace), registry=load_registry(args.cards), preset=preset)
-    tokenizer = load_checkpoint(base.workspace.model_dir(SEED)).tokenizer
-    docs = {d: eval_documents(base, d, tokenizer) for d in base.registry.domains}
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{cpu_model()}, {usable_cores()} cores"
-    result: dict = {"preset": preset.name, "machine": device, "date": dt.date.today().isoformat(),
-                    "split": "val", "variants": {}}
-    result["seed"] = score(base, base.workspace.model_dir(SEED), docs)
+    result = bench.record(variants={})
+    result["seed"] = bench.score(base.workspace.model_dir(SEED))
     for trunk in args.trunks.split(","):
         setup = variant_setup(base, args.workspace.parent / f"{args.workspace.name}-trunk-{trunk}", trunk)
         started = time.monotonic()
         built = train_experts(setup, None, TrainOptions())
         row: dict = {"experts_seconds": round(time.monotonic() - started, 1), "experts": {}, "training": {}}
         for b in built:
-            row["experts"][b.name] = score(setup, setup.workspace.model_dir(b.name), docs)
+            row["experts"][b.name] = bench.score(setup.workspace.model_dir(b.name), setup)
             t = b.manifest["training"]
             row["training"][b.name] = {k: t[k] for k in ("steps", "kept_step", "tokens", "tokens_seen")}
         row["oracle"] = {c.domain: row["experts"][c.name][c.domain] for c in setup.registry.starters}
         started = time.monotonic()
         generalist = train_generalists(setup, TrainOptions())[0]
         row["generalist_seconds"] = round(time.monotonic() - started, 1)
-        row["generalist"] = score(setup, setup.workspace.model_dir(GENERALIST), docs)
+        row["generalist"] = bench.score(setup.workspace.model_dir(GENERALIST), setup)
         row["generalist_tokens"] = generalist.manifest["training"]["tokens"]
         row["token_moe"] = {}
         for mode in (args.frozen_token_recipes if trunk == "frozen" else args.token_recipes).split(","):
@@ -108,11 +86,11 @@ def main() -> None:
                 recipe = recipe.model_copy(update={"training": training})
             started = time.monotonic()
             manifest = train_token_router(setup, recipe, TrainOptions(force=True), allow_dead_experts=True)
-            row["token_moe"][mode] = {"scores": score(setup, token_router_dir(setup.workspace.root), docs),
+            row["token_moe"][mode] = {"scores": bench.score(token_router_dir(setup.workspace.root), setup),
                                       "seconds": round(time.monotonic() - started, 1),
                                       "steps": manifest["training"]["steps"], "dead": manifest["health"]["dead"]}
         result["variants"][trunk] = row
-    write_result(result, args.out, f"branch_recipes-{result['date']}-{preset.name}", shown={})
+    write_result(result, args.out, f"branch_recipes-{result['date']}-{base.preset.name}", shown={})
     print(table(result))
 
 

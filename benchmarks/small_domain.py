@@ -12,9 +12,6 @@ scored on the domain's validation documents next to the seed.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import logging
 import sys
 from pathlib import Path
 
@@ -22,14 +19,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.branch_recipes import score, variant_setup  # noqa: E402
-from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
-from moe_experts.config import ValidationConfig, load_preset, load_registry  # noqa: E402
+from benchmarks.branch_recipes import variant_setup  # noqa: E402
+from benchmarks.machine import write_result  # noqa: E402
+from benchmarks.validation import open_bench, parser  # noqa: E402
+from moe_experts.config import ValidationConfig  # noqa: E402
 from moe_experts.data.tokenizer import stream_path  # noqa: E402
 from moe_experts.modeling.checkpoints import load_checkpoint  # noqa: E402
-from moe_experts.modeling.sanity import eval_documents  # noqa: E402
 from moe_experts.modeling.stages import SEED, Setup, TrainOptions, model_manifest, train_experts  # noqa: E402
-from moe_experts.workspace import Workspace  # noqa: E402
 
 
 def cut_stream(setup: Setup, domain: str, documents: int) -> int:
@@ -45,22 +41,14 @@ def cut_stream(setup: Setup, domain: str, documents: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-w", "--workspace", type=Path, required=True)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--cards", type=Path, default=Path("experts"))
-    parser.add_argument("--domain", default="medicine")
-    parser.add_argument("--documents", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=None, help="the fixed schedule's steps [the preset's branch steps]")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    preset = load_preset(args.preset)
-    base = Setup(workspace=Workspace(args.workspace), registry=load_registry(args.cards), preset=preset)
+    ap = parser(__doc__, "workspace with corpora, tokenizer, seed")
+    ap.add_argument("--domain", default="medicine")
+    ap.add_argument("--documents", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=None, help="the fixed schedule's steps [the preset's branch steps]")
+    args = ap.parse_args()
+    bench = open_bench(args, [args.domain])
+    base, preset = bench.setup, bench.setup.preset
     card = base.registry.by_domain(args.domain)
-    tokenizer = load_checkpoint(base.workspace.model_dir(SEED)).tokenizer
-    docs = {args.domain: eval_documents(base, args.domain, tokenizer)}
     steps = args.steps or preset.branch_phase.steps
     fixed_phase = preset.branch_phase.model_copy(update={"steps": steps, "tokens": None, "epochs": None, "max_epochs": None})
     schedules = {
@@ -68,10 +56,8 @@ def main() -> None:
         "data-aware": {"branch_phase": fixed_phase.model_copy(update={"max_epochs": preset.branch_phase.max_epochs}),
                        "validation": preset.validation},
     }
-    device = f"{cpu_model()}, {usable_cores()} cores"
-    result: dict = {"preset": preset.name, "machine": device, "date": dt.date.today().isoformat(), "split": "val",
-                    "domain": args.domain, "documents": args.documents, "seed": score(base, base.workspace.model_dir(SEED), docs)[args.domain],
-                    "schedules": {}}
+    result = bench.record(domain=args.domain, documents=args.documents,
+                          seed=bench.score(base.workspace.model_dir(SEED))[args.domain], schedules={})
     for name, update in schedules.items():
         setup = variant_setup(base, args.workspace.parent / f"{args.workspace.name}-small-{name}", preset.branch_trunk)
         setup = Setup(workspace=setup.workspace, registry=setup.registry, preset=setup.preset.model_copy(update=update))
@@ -79,7 +65,7 @@ def main() -> None:
         built = train_experts(setup, [args.domain], TrainOptions())[0]
         t = built.manifest["training"]
         result["schedules"][name] = {
-            "bits_per_byte": score(setup, setup.workspace.model_dir(card.name), docs)[args.domain],
+            "bits_per_byte": bench.score(setup.workspace.model_dir(card.name), setup)[args.domain],
             "steps": t["steps"], "kept_step": t["kept_step"], "epochs": t["budget"]["epochs_per_domain"][args.domain],
             "validation": t["validation"], "seconds": t["seconds"],
         }

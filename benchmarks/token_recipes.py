@@ -12,9 +12,6 @@ Writes ``benchmarks/results/token_recipes-<date>-<preset>.json`` and prints a ma
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import logging
 import sys
 import time
 from pathlib import Path
@@ -23,14 +20,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.branch_recipes import score  # noqa: E402
-from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
-from moe_experts.config import load_preset, load_registry  # noqa: E402
-from moe_experts.modeling.checkpoints import load_checkpoint  # noqa: E402
-from moe_experts.modeling.sanity import eval_documents  # noqa: E402
-from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions  # noqa: E402
+from benchmarks.machine import write_result  # noqa: E402
+from benchmarks.validation import open_bench, parser  # noqa: E402
+from moe_experts.modeling.stages import GENERALIST, TrainOptions  # noqa: E402
 from moe_experts.recipes import TokenRouterRecipe  # noqa: E402
-from moe_experts.workspace import Workspace  # noqa: E402
 
 
 def variant(spec: str) -> tuple[str, TokenRouterRecipe]:
@@ -42,35 +35,26 @@ def variant(spec: str) -> tuple[str, TokenRouterRecipe]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-w", "--workspace", type=Path, required=True, help="workspace with seed, experts, generalist")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--cards", type=Path, default=Path("experts"))
-    parser.add_argument("--variant", action="append", default=[], help="'default' or field=value,... (repeat)")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    ap = parser(__doc__, "workspace with seed, experts, generalist")
+    ap.add_argument("--variant", action="append", default=[], help="'default' or field=value,... (repeat)")
+    args = ap.parse_args()
+    bench = open_bench(args)
+    setup = bench.setup
     from moe_experts.routing.train_token import token_router_dir, train_token_router
 
-    preset = load_preset(args.preset)
-    setup = Setup(workspace=Workspace(args.workspace), registry=load_registry(args.cards), preset=preset)
-    tokenizer = load_checkpoint(setup.workspace.model_dir(SEED)).tokenizer
-    docs = {d: eval_documents(setup, d, tokenizer) for d in setup.registry.domains}
-    device = f"{cpu_model()}, {usable_cores()} cores"
-    result: dict = {"preset": preset.name, "machine": device, "date": dt.date.today().isoformat(), "split": "val",
-                    "generalist": score(setup, setup.workspace.model_dir(GENERALIST), docs),
-                    "oracle": {c.domain: score(setup, setup.workspace.model_dir(c.name), docs)[c.domain]
-                               for c in setup.registry.starters},
-                    "variants": {}}
+    result = bench.record(generalist=bench.score(setup.workspace.model_dir(GENERALIST)),
+                          oracle={c.domain: bench.score(setup.workspace.model_dir(c.name))[c.domain]
+                                  for c in setup.registry.starters},
+                          variants={})
     for spec in args.variant or ["default"]:
         name, recipe = variant(spec)
         started = time.monotonic()
         manifest = train_token_router(setup, recipe, TrainOptions(force=True), allow_dead_experts=True)
         result["variants"][name] = {"recipe": recipe.model_dump(mode="json"),
-                                    "scores": score(setup, token_router_dir(setup.workspace.root), docs),
+                                    "scores": bench.score(token_router_dir(setup.workspace.root)),
                                     "seconds": round(time.monotonic() - started, 1),
                                     "experts": manifest["experts"], "dead": manifest["health"]["dead"]}
-    write_result(result, args.out, f"token_recipes-{result['date']}-{preset.name}", shown={})
+    write_result(result, args.out, f"token_recipes-{result['date']}-{setup.preset.name}", shown={})
     domains = setup.registry.domains
     rows = [("generalist", result["generalist"]), ("oracle", result["oracle"]),
             *((f"token-moe, {n}", v["scores"]) for n, v in result["variants"].items())]
