@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_experts.recipes import DocRouterRecipe
-from moe_experts.data.build import build_corpora, corpora_dir, corpora_status, require_corpora
+from moe_experts.data.build import add_domains, build_corpora, corpora_dir, corpora_state, corpora_status, require_corpora
 from moe_experts.data.tokenizer import build_token_streams, tokenizer_status, train_tokenizer
 from moe_experts.errors import MissingArtifactError, StaleArtifactError
 from moe_experts.modeling.sanity import SanityReport, run_sanity
@@ -47,18 +47,30 @@ class QuickstartResult:
     report_dir: Path | None = None
 
 
-def ensure_corpora(setup: Setup, *, force: bool = False, update: bool = True, strict: bool = False) -> bool:
-    """Build the corpora when missing (or stale with ``update``, or always with ``force``); True if built."""
-    status = corpora_status(setup.workspace, setup.registry, setup.preset.data)
-    if status == "current" and not force:
+def ensure_corpora(setup: Setup, *, force: bool = False, update: bool = True, strict: bool = False,
+                   rebuild: bool = False) -> bool:
+    """Build what the cards need and the corpora lack; True if anything was built.
+
+    Missing corpora (or stale ones with ``update``, or any with ``force`` or ``rebuild``) are built together;
+    a card new to the workspace gets its own corpus, deduplicated against the built ones, which do not change
+    (the Branch-Train-Merge path: nothing built before is retrained).
+    """
+    state = corpora_state(setup.workspace, setup.registry, setup.preset.data)
+    if state.state == "current" and not (force or rebuild):
         logger.info("corpora: up to date, reusing %s", corpora_dir(setup.workspace))
         return False
-    if status == "stale" and not (force or update):
+    if state.state == "stale" and not (force or update or rebuild):
         raise StaleArtifactError(
-            "corpora were built from other cards or data settings than the current ones",
+            f"the corpora of {', '.join(state.stale_domains)} were built from other cards or data settings than the "
+            "current ones",
             hint="run `moe-experts data build` (or `moe-experts quickstart --update`) to rebuild them",
         )
-    logger.info("corpora: building (%s)", "forced" if status == "current" else status)
+    if state.state == "partial" and not (force or rebuild):
+        logger.info("corpora: adding %s (new card%s; the built corpora stay as they are)", ", ".join(state.new_domains),
+                    "s" if len(state.new_domains) > 1 else "")
+        add_domains(setup.workspace, setup.registry, setup.preset.data, list(state.new_domains), strict=strict)
+        return True
+    logger.info("corpora: building every domain together (%s)", "forced" if state.state in ("current", "partial") else state.state)
     build_corpora(setup.workspace, setup.registry, setup.preset.data, strict=strict)
     return True
 
@@ -92,10 +104,13 @@ def _timed(result: QuickstartResult, stage: str, fn: Callable[[], Any], built: C
 
 def quickstart(
     setup: Setup, opts: TrainOptions, *, strict: bool = False, recipe: DocRouterRecipe | None = None,
-    evaluation: Any = None,
+    evaluation: Any = None, rebuild: bool = False,
 ) -> QuickstartResult:
     """Build every missing artifact for the starter experts, check them, train the router, write the report.
 
+    A card new to a built workspace is added the Branch-Train-Merge way: its corpus, one expert branched
+    from the frozen seed with the frozen tokenizer, the router refitted; nothing else retrains.
+    ``rebuild``: build the corpora of every card together and retrain everything from them instead.
     ``evaluation`` is the ``EvalOptions`` of the final report (None: the evaluator's defaults).
     """
     removed = setup.workspace.clean_stale_temporaries()
@@ -103,7 +118,9 @@ def quickstart(
         logger.info("removed %d temporary folder(s) left by an interrupted build", removed)
     result = QuickstartResult()
     flag: Callable[[bool], bool] = bool
-    _timed(result, "corpora", lambda: ensure_corpora(setup, update=opts.update, strict=strict), flag)
+    if rebuild:
+        opts = replace(opts, update=True)  # everything built from the old corpora is stale after a full rebuild
+    _timed(result, "corpora", lambda: ensure_corpora(setup, update=opts.update, strict=strict, rebuild=rebuild), flag)
     _timed(result, "tokenizer", lambda: ensure_tokenizer(setup, update=opts.update), flag)
     _timed(result, "seed", lambda: train_seed(setup, opts), lambda b: b.trained)
     for card in setup.registry.starters:
@@ -179,6 +196,34 @@ def ensure_router(
     why = "forced" if status.state == "current" else "; ".join([status.state, *status.diffs])
     logger.info("%s: training (%s)", kind.title, why)
     return kind.train(setup, recipe, opts, **run)
+
+
+def check_token_router(setup: Setup, rebuild: bool, recipe: Any, opts: TrainOptions = TrainOptions()) -> str:
+    """After the expert set changed: rebuild the token-level MoE (``rebuild``), or say whether it is now stale.
+
+    A set that cannot be merged (an expert of another architecture or vocabulary) is reported with the
+    reason, not raised: the document router serves such a set.
+    """
+    from moe_experts.errors import ConfigError, MoeExpertsError
+    from moe_experts.routing.train_token import expert_set_change, token_router_dir
+
+    folder = token_router_dir(setup.workspace.root)
+    if rebuild:
+        try:
+            manifest = ensure_router(setup, recipe, opts, update=True)
+        except ConfigError as exc:
+            return f"not rebuilt: {exc.message}"
+        except MoeExpertsError as exc:
+            return f"not rebuilt: {exc.message} ({exc.hint})" if exc.hint else f"not rebuilt: {exc.message}"
+        if manifest is None:
+            return f"up to date ({folder})"
+        return f"rebuilt with {', '.join(manifest['experts'])} ({folder})"
+    if not (folder / MANIFEST).exists():
+        return "none built (`moe-experts train-router --kind token` builds one)"
+    change = expert_set_change(setup)
+    if change is None:
+        return f"up to date ({folder})"
+    return f"stale: {change}; rebuild it with `moe-experts train-router --kind token --force`"
 
 
 @dataclass(frozen=True)

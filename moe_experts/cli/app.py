@@ -15,6 +15,7 @@ from moe_experts.cli.cards import cards
 from moe_experts.cli.common import State
 from moe_experts.cli.data import data
 from moe_experts.cli.evaluate import eval_cmd
+from moe_experts.cli.experts import experts
 from moe_experts.cli.quickstart import quickstart
 from moe_experts.cli.router import train_router
 from moe_experts.cli.sanity import sanity
@@ -78,7 +79,7 @@ def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, seed
     ctx.obj = State(workspace, preset, cards, seed)
 
 
-for _command in (quickstart, cards, data, train, sanity, train_router, ask, eval_cmd):
+for _command in (quickstart, cards, experts, data, train, sanity, train_router, ask, eval_cmd):
     cli.add_command(_command)
 
 

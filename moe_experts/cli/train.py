@@ -50,9 +50,15 @@ def train_experts_cmd(ctx: click.Context, domains: tuple[str, ...], resume: bool
 @train.command("generalist")
 @_training_command
 def train_generalist_cmd(ctx: click.Context, resume: bool, restart: bool, force: bool) -> None:
-    """Train the compute-matched generalist (and the parameter-matched one if the preset asks)."""
+    """Train the compute-matched generalist (and the parameter-matched one if the preset asks).
+
+    It learns every card's domain and is matched to the tokens the seed and every expert consumed; after
+    `moe-experts experts add` this retrains the generalist that had not seen the new domain.
+    """
     from moe_experts.modeling.stages import train_generalists
 
     setup = load_setup(ctx)
-    for built in train_generalists(setup, train_options(resume, restart, force)):
+    # an explicit request: a generalist built for another expert set is retrained, not refused
+    opts = train_options(resume, restart, force, update=True)
+    for built in train_generalists(setup, opts, domains=setup.registry.domains):
         click.echo(f"{built.name}: {'trained' if built.trained else 'up to date'} ({setup.workspace.model_dir(built.name)})")

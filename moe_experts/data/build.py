@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from moe_experts.config import DataConfig, ExpertCard, ExpertRegistry, hash_json
 from moe_experts.data.clean import clean
@@ -75,27 +75,83 @@ def _sample(draft: _DomainDraft) -> None:
 
 
 def corpora_fingerprint(registry: ExpertRegistry, data_cfg: DataConfig) -> str:
-    """What the corpora depend on: the cards, the data settings, the pipeline version."""
+    """What the corpora built together depend on: the cards, the data settings, the pipeline version."""
     return hash_json(
         {
             "cards": [c.model_dump(mode="json", include={"domain", "corpus"}) for c in registry.cards],
-            "data": data_cfg.model_dump(mode="json", exclude={"tokenizer_train_chars_per_domain"}),
+            "data": _data_settings(data_cfg),
             "pipeline": PIPELINE_VERSION,
         }
     )
+
+
+def _data_settings(data_cfg: DataConfig) -> dict[str, Any]:
+    return data_cfg.model_dump(mode="json", exclude={"tokenizer_train_chars_per_domain"})
+
+
+def card_fingerprint(card: ExpertCard, data_cfg: DataConfig) -> str:
+    """What one domain's corpus depends on: its card's corpus, the data settings, the pipeline version."""
+    return hash_json({"card": card.model_dump(mode="json", include={"domain", "corpus"}),
+                      "data": _data_settings(data_cfg), "pipeline": PIPELINE_VERSION})
 
 
 def corpora_dir(ws: Workspace) -> Path:
     return ws.corpora_dir
 
 
-def corpora_status(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig) -> str:
-    """'missing', 'current', or 'stale' (built from other cards or settings)."""
+@dataclass(frozen=True)
+class CorporaState:
+    """The corpora against the cards.
+
+    ``missing``: nothing built. ``stale``: the data settings changed, or a built domain's card did
+    (``stale_domains``). ``partial``: every built domain is current, and ``new_domains`` (cards with no
+    corpus yet) can be added without touching the others. ``current``: every card's domain is built.
+    """
+
+    state: Literal["missing", "stale", "partial", "current"]
+    new_domains: tuple[str, ...] = ()
+    stale_domains: tuple[str, ...] = ()
+
+
+def base_domains(manifest: dict[str, Any]) -> list[str]:
+    """The domains built together by the last full build: what the tokenizer and the seed learned from."""
+    return list(manifest.get("base_domains") or manifest["domains"])
+
+
+def corpora_state(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig) -> CorporaState:
     path = corpora_dir(ws) / MANIFEST
     if not path.exists():
-        return "missing"
-    built = read_json(path).get("fingerprint")
-    return "current" if built == corpora_fingerprint(registry, data_cfg) else "stale"
+        return CorporaState("missing")
+    manifest = read_json(path)
+    base = base_domains(manifest)
+    cards = manifest.get("cards")
+    if cards is None:
+        # written before per-domain fingerprints: the base is current when its cards hash as recorded
+        base_cards = [c for c in registry.cards if c.domain in base]
+        if len(base_cards) == len(base):
+            sub = registry.model_copy(update={"cards": tuple(base_cards)})
+            ok = manifest.get("fingerprint") == corpora_fingerprint(sub, data_cfg)
+        else:
+            ok = False
+        cards = {d: card_fingerprint(registry.by_domain(d), data_cfg) if ok else None for d in base}
+    built = {d for d in manifest["domains"] if d in cards}
+    stale = tuple(c.domain for c in registry.cards
+                  if c.domain in built and cards[c.domain] != card_fingerprint(c, data_cfg))
+    if manifest.get("pipeline_version") != PIPELINE_VERSION or manifest.get("data_fingerprint", _data_fp(data_cfg)) != _data_fp(data_cfg):
+        return CorporaState("stale", stale_domains=tuple(registry.domains))
+    if stale:
+        return CorporaState("stale", stale_domains=stale)
+    new = tuple(d for d in registry.domains if d not in built)
+    return CorporaState("partial" if new else "current", new_domains=new)
+
+
+def _data_fp(data_cfg: DataConfig) -> str:
+    return hash_json(_data_settings(data_cfg))
+
+
+def corpora_status(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig) -> str:
+    """'missing', 'current', 'partial' (cards with no corpus yet), or 'stale' (built from other cards or settings)."""
+    return corpora_state(ws, registry, data_cfg).state
 
 
 def build_corpora(
@@ -117,7 +173,7 @@ def build_corpora(
 
     problems: list[str] = []
     domain_docs: list[dict[Split, list[Document]]] = []
-    domain_stats: list[dict[str, int]] = []
+    domain_stats: list[dict[str, Any]] = []
     kept_by_domain: list[list[int]] = [[] for _ in drafts]
     for i in result.keep:
         kept_by_domain[pool[i][0]].append(i)
@@ -128,13 +184,8 @@ def build_corpora(
                 continue
             stats["exact_duplicates" if i in result.exact_of else "near_duplicates"] += 1
             stats["cross_domain_duplicates"] += pool[j][0] != d
-        kept = kept_by_domain[d]
         stats["sampled_from"] = draft.sampled_from
-        splits: dict[Split, list[Document]] = {s: [] for s in SPLITS}
-        for i in kept:
-            _, text, src, ref = pool[i]
-            split = assign_split(text, data_cfg.val_fraction, data_cfg.test_fraction)
-            splits[split].append(Document(id=doc_id(text), text=text, source=src, ref=ref))
+        splits = _split([pool[i][1:] for i in kept_by_domain[d]], data_cfg)
         problems.extend(_size_problems(draft, splits))
         domain_docs.append(splits)
         domain_stats.append(stats)
@@ -155,14 +206,114 @@ def build_corpora(
             "pipeline_version": PIPELINE_VERSION,
             "cards_dir": registry.source_dir,
             "data": data_cfg.model_dump(mode="json"),
+            "data_fingerprint": _data_fp(data_cfg),
+            "base_domains": registry.domains,
+            "cards": {c.domain: card_fingerprint(c, data_cfg) for c in registry.cards},
+            "added": {},
             "domains": split_hashes,
-            "corpus_hash": hash_json(split_hashes),
+            "corpus_hash": hash_json(split_hashes),  # of the base domains: what the tokenizer and seed depend on
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.monotonic() - started, 1),
             "versions": versions(),
         }
         write_json_atomic(tmp / MANIFEST, top)
     return top
+
+
+def _split(docs: list[tuple[str, str, str]], data_cfg: DataConfig) -> dict[Split, list[Document]]:
+    """(text, source, ref) documents into train / val / test by content hash."""
+    splits: dict[Split, list[Document]] = {s: [] for s in SPLITS}
+    for text, src, ref in docs:
+        split = assign_split(text, data_cfg.val_fraction, data_cfg.test_fraction)
+        splits[split].append(Document(id=doc_id(text), text=text, source=src, ref=ref))
+    return splits
+
+
+# A new domain whose documents are mostly already in the built corpora repeats an existing domain.
+DUPLICATE_DOMAIN_SHARE = 0.5
+
+
+def add_domains(
+    ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig, domains: list[str], *, strict: bool = False
+) -> dict[str, Any]:
+    """Build the corpora of ``domains`` (cards new to the workspace) without changing any built domain.
+
+    The new documents are deduplicated against every built corpus, whose documents win: an existing
+    document is never dropped and never moves between splits (a split depends only on a document's
+    own text). Each new domain folder is written atomically, then the top manifest; an interrupted
+    add leaves the corpora as they were. Returns the updated top manifest.
+    """
+    path = corpora_dir(ws) / MANIFEST
+    if not path.exists():
+        raise MissingArtifactError("no corpora to add to yet", hint="run `moe-experts data build` (or `moe-experts quickstart`)")
+    manifest = read_json(path)
+    started = time.monotonic()
+    existing = [d for d in manifest["domains"] if d not in domains]
+    old_texts: list[str] = []
+    owners: list[str] = []
+    for d in existing:
+        for split in SPLITS:
+            for doc in iter_documents(ws, d, split):
+                old_texts.append(doc.text)
+                owners.append(d)
+    drafts = [_read_domain(registry.by_domain(d), strict=strict) for d in domains]
+    for draft in drafts:
+        _sample(draft)
+    new = [(n, text, src, ref) for n, draft in enumerate(drafts) for text, src, ref in draft.texts]
+    texts = old_texts + [t for _, t, _, _ in new]
+    logger.info("deduplicating %d new documents against the %d of %s", len(new), len(old_texts), ", ".join(existing))
+    with Progress("near-duplicate search", total=len(texts), unit="doc") as bar:
+        result = deduplicate(texts, threshold=data_cfg.near_duplicate_threshold, progress=bar.update)
+    kept = set(result.keep)
+    offset = len(old_texts)
+    problems: list[str] = []
+    built: list[tuple[_DomainDraft, dict[Split, list[Document]], dict[str, Any]]] = []
+    for n, draft in enumerate(drafts):
+        mine = [offset + i for i, row in enumerate(new) if row[0] == n]
+        stats: dict[str, Any] = {"exact_duplicates": 0, "near_duplicates": 0, "cross_domain_duplicates": 0,
+                                 "duplicates_of": {}, "sampled_from": draft.sampled_from}
+        for i in mine:
+            j = result.exact_of.get(i, result.near_of.get(i))
+            if j is None:
+                continue
+            stats["exact_duplicates" if i in result.exact_of else "near_duplicates"] += 1
+            owner = owners[j] if j < offset else drafts[new[j - offset][0]].card.domain
+            if owner != draft.card.domain:
+                stats["cross_domain_duplicates"] += 1
+                stats["duplicates_of"][owner] = stats["duplicates_of"].get(owner, 0) + 1
+        splits = _split([new[i - offset][1:] for i in mine if i in kept], data_cfg)
+        problems.extend(_size_problems(draft, splits))
+        if mine and stats["cross_domain_duplicates"] > DUPLICATE_DOMAIN_SHARE * len(mine):
+            where = ", ".join(f"{d} ({c:,})" for d, c in sorted(stats["duplicates_of"].items(), key=lambda kv: -kv[1]))
+            problems.append(
+                f"domain '{draft.card.domain}' repeats an existing domain: {stats['cross_domain_duplicates']:,} of its "
+                f"{len(mine):,} documents are already in {where}; give its card other sources, or extend that "
+                f"domain's card instead of adding an expert")
+        built.append((draft, splits, stats))
+    if problems:
+        raise DataError("adding " + ", ".join(domains) + " failed:\n  " + "\n  ".join(problems),
+                        hint="fix the card named above; the built corpora were not changed")
+    fingerprint = manifest.get("fingerprint", "")
+    hashes = {d: manifest["domains"][d] for d in existing}
+    out = {**manifest, "domains": dict(manifest["domains"]), "cards": dict(manifest.get("cards") or {}),
+           "added": dict(manifest.get("added") or {}), "base_domains": base_domains(manifest),
+           "data_fingerprint": manifest.get("data_fingerprint", _data_fp(data_cfg))}
+    if "cards" not in manifest:  # an older manifest: its base was current when we got here (corpora_state)
+        out["cards"] = {d: card_fingerprint(registry.by_domain(d), data_cfg) for d in out["base_domains"]
+                        if d in registry.domains}
+    seconds = round(time.monotonic() - started, 1)
+    for draft, splits, stats in built:
+        domain = draft.card.domain
+        with atomic_dir(corpora_dir(ws) / domain) as tmp:
+            out["domains"][domain] = _write_domain(tmp, draft, splits, stats, fingerprint)
+        out["cards"][domain] = card_fingerprint(draft.card, data_cfg)
+        out["added"][domain] = {"deduplicated_against": {d: hash_json(h) for d, h in hashes.items()},
+                                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds,
+                                "documents": {s: len(splits[s]) for s in SPLITS}, "dedup": stats}
+        logger.info("%s: %s documents (train / val / test), %d dropped as duplicates of built domains", domain,
+                    " / ".join(f"{len(splits[s]):,}" for s in SPLITS), stats["cross_domain_duplicates"])
+    write_json_atomic(path, out)
+    return out
 
 
 def _read_domain(card: ExpertCard, *, strict: bool) -> _DomainDraft:
@@ -211,9 +362,9 @@ def _size_problems(draft: _DomainDraft, splits: dict[Split, list[Document]]) -> 
 
 
 def _write_domain(
-    folder: Path, draft: _DomainDraft, splits: dict[Split, list[Document]], stats: dict[str, int], fingerprint: str
+    folder: Path, draft: _DomainDraft, splits: dict[Split, list[Document]], stats: dict[str, Any], fingerprint: str
 ) -> dict[str, str]:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     hashes: dict[str, str] = {}
     split_stats: dict[str, dict[str, int | str]] = {}
     for split in SPLITS:
@@ -247,20 +398,24 @@ def _write_domain(
 
 
 def require_corpora(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig) -> dict[str, Any]:
-    """The corpora manifest, refusing missing or stale corpora with the command that fixes it."""
-    status = corpora_status(ws, registry, data_cfg)
-    if status == "missing":
+    """The corpora manifest, refusing missing, stale or incomplete corpora with the command that fixes it."""
+    state = corpora_state(ws, registry, data_cfg)
+    if state.state == "missing":
         raise MissingArtifactError("corpora are not built yet", hint="run `moe-experts data build`")
-    if status == "stale":
+    if state.state == "stale":
         raise MissingArtifactError(
-            "corpora were built from other cards or data settings than the current ones",
+            f"the corpora of {', '.join(state.stale_domains)} were built from other cards or data settings "
+            "than the current ones",
             hint="run `moe-experts data build --force` (models trained on the old corpora must be rebuilt too)",
         )
-    manifest = read_json(corpora_dir(ws) / MANIFEST)
-    missing = [c.domain for c in registry.cards if c.domain not in manifest["domains"]]
-    if missing:
-        raise MissingArtifactError(f"corpora lack domains {missing}", hint="run `moe-experts data build --force`")
-    return manifest
+    if state.state == "partial":
+        folder = registry.source_dir
+        raise MissingArtifactError(
+            f"no corpus yet for {', '.join(state.new_domains)} (new card: not added to this workspace yet)",
+            hint=" or ".join(f"`moe-experts experts add {folder}/{registry.by_domain(d).name}.yaml`"
+                             for d in state.new_domains) + " (or `moe-experts quickstart`)",
+        )
+    return read_json(corpora_dir(ws) / MANIFEST)
 
 
 def iter_documents(ws: Workspace, domain: str, split: Split) -> Iterator[Document]:

@@ -29,7 +29,7 @@ from moe_experts.evaluation.systems import EXPERT_LOAD, System, default_systems
 from moe_experts.modeling.checkpoints import weights_id
 from moe_experts.modeling.stages import GENERALIST, Setup, expert_weights_id
 from moe_experts.routing.classifier import accuracy, macro_f1, reliability
-from moe_experts.workspace import read_json, versions
+from moe_experts.workspace import MANIFEST, read_json, versions
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
         "seconds": 0.0,
     }
     report["targets"] = _targets(report, setup)
-    report["notes"] = _notes(report, evaluated)
+    report["notes"] = _notes(report, evaluated) + _unseen_by_generalist(setup, report)
     report["seconds"] = round(time.monotonic() - started, 1)
     return report
 
@@ -173,7 +173,7 @@ def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str
     from moe_experts.config import hash_json
     from moe_experts.data.build import corpora_dir
     from moe_experts.evaluation.suites import load_suite_recipe
-    from moe_experts.workspace import MANIFEST, sha256_file
+    from moe_experts.workspace import sha256_file
 
     ws = setup.workspace
     corpora = read_json(corpora_dir(ws) / MANIFEST)
@@ -375,6 +375,19 @@ def _targets(report: dict[str, Any], setup: Setup) -> list[dict[str, Any]]:
                         "value": gap, "ci": None, "threshold": ORACLE_GAP_MAX, "met": gap <= ORACLE_GAP_MAX,
                         "met_at_upper_bound": None})
     return out
+
+
+def _unseen_by_generalist(setup: Setup, report: dict[str, Any]) -> list[str]:
+    """After experts were added: the generalist compared against has not seen their domains; say so."""
+    if report["baseline"] != GENERALIST:
+        return []
+    manifest = read_json(setup.workspace.model_dir(GENERALIST) / MANIFEST)
+    unseen = [d for d in report["domains"] if d not in (manifest.get("domains") or report["domains"])]
+    if not unseen:
+        return []
+    return [f"the generalist was trained on {', '.join(manifest['domains'])}, not on {', '.join(unseen)} (added "
+            f"later): on {', '.join(unseen)} it is compared without having seen the domain; "
+            "`moe-experts train generalist` retrains it on every card's domain"]
 
 
 def _notes(report: dict[str, Any], evaluated: list[System]) -> list[str]:

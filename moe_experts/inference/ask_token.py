@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moe_experts.errors import MissingArtifactError, RequestError
+from moe_experts.errors import MissingArtifactError, RequestError, StaleArtifactError
 from moe_experts.inference.ask import Request
 from moe_experts.inference.generate import Generation, GenerationSettings, generate
 from moe_experts.modeling.checkpoints import LoadedModel, load_checkpoint
@@ -55,12 +55,15 @@ class TokenAnswer:
 
 def load_token_moe(setup: Setup, device: str = "cpu") -> tuple[LoadedModel, list[str]]:
     """The token-level MoE and its expert names (in MoE order), or a clear error when it is not built."""
-    from moe_experts.routing.train_token import token_router_dir
+    from moe_experts.routing.train_token import expert_set_change, token_router_dir
 
     folder = token_router_dir(setup.workspace.root)
     if not (folder / MANIFEST).exists():
         raise MissingArtifactError(f"no token-level router in {folder}",
                                    hint="build it with `moe-experts train-router --kind token`")
+    change = expert_set_change(setup)
+    if change is not None:
+        raise StaleArtifactError(change, hint="rebuild it: `moe-experts train-router --kind token --force`")
     loaded = load_checkpoint(folder, device=device)
     assert loaded.manifest is not None
     return loaded, list(loaded.manifest["experts"])

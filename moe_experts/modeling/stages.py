@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from moe_experts.config import ExpertCard, ExpertRegistry, ModelShape, PhaseConfig, Preset
-from moe_experts.data.build import require_corpora
+from moe_experts.data.build import base_domains, require_corpora
 from moe_experts.data.tokenizer import load_stream, load_tokenizer, require_tokenizer
 from moe_experts.modeling.checkpoints import (
     LoadedModel,
@@ -76,14 +76,33 @@ class Built:
 
 @dataclass(frozen=True)
 class DataInputs:
-    corpus_hash: str
+    corpus_hash: str  # of the base domains (built together): what the tokenizer and the seed learned from
     tokenizer_hash: str
+    base_domains: tuple[str, ...] = ()
+    domain_hashes: Mapping[str, Any] = field(default_factory=dict)  # every built domain's split hashes
+
+    def is_base(self, domain: str) -> bool:
+        return domain in self.base_domains
 
 
 def data_inputs(setup: Setup) -> DataInputs:
     corpora = require_corpora(setup.workspace, setup.registry, setup.preset.data)
     tok = require_tokenizer(setup.workspace, corpora, setup.preset)
-    return DataInputs(corpus_hash=corpora["corpus_hash"], tokenizer_hash=tok["tokenizer_hash"])
+    return DataInputs(corpus_hash=corpora["corpus_hash"], tokenizer_hash=tok["tokenizer_hash"],
+                      base_domains=tuple(base_domains(corpora)), domain_hashes=corpora["domains"])
+
+
+@dataclass(frozen=True)
+class BranchInit:
+    """Where an expert added to a built workspace starts (Branch-Train-Merge's choices).
+
+    ``seed``: the seed. ``average``: the average of existing experts' weights, weighted by ``weights``
+    (the document router's posterior on the new domain's training documents). ``nearest``: the one
+    expert in ``weights`` (the most similar).
+    """
+
+    method: Literal["seed", "average", "nearest"] = "seed"
+    weights: Mapping[str, float] = field(default_factory=dict)
 
 
 def _world_size() -> int:
@@ -138,10 +157,12 @@ def _train_and_save(
     opts: TrainOptions,
     extra: dict[str, Any],
     tokens_before: int = 0,
+    run_inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train on the uniform mixture of ``domains`` for ``phase``'s budget, validate, save the best weights.
 
     ``tokens_before``: training tokens the starting weights had already seen (a branch's seed).
+    ``run_inputs``: what a resumed run must share with the interrupted one (default ``inputs``).
     """
     ws, preset = setup.workspace, setup.preset
     streams = {d: load_stream(ws, data.tokenizer_hash, d, "train") for d in domains}
@@ -149,7 +170,8 @@ def _train_and_save(
     run = phase.model_copy(update={"steps": budget.steps, "tokens": None, "epochs": None,
                                    "warmup_steps": budget.warmup_steps})
     ckpt_dir = ws.checkpoints_dir(name)
-    resume_from = prepare_checkpoint_dir(ckpt_dir, what=name, resume=opts.resume, restart=opts.restart, inputs=inputs)
+    resume_from = prepare_checkpoint_dir(ckpt_dir, what=name, resume=opts.resume, restart=opts.restart,
+                                       inputs=run_inputs or inputs)
     length = run.steps * preset.batch_size * preset.gradient_accumulation_steps * _world_size()
     dataset = BlockDataset(list(streams.values()), preset.seq_len, length, seed=preset.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -205,18 +227,24 @@ def train_seed(setup: Setup, opts: TrainOptions = TrainOptions()) -> Built:
     def build() -> dict[str, Any]:
         tokenizer = load_tokenizer(setup.workspace.tokenizer_dir)
         model = new_model(setup.preset, tokenizer, seed=setup.preset.seed)
+        domains = list(data.base_domains)  # what the tokenizer learned from; experts added later branch from it
         return _train_and_save(
-            setup, SEED, model, tokenizer, data, setup.registry.domains, setup.preset.seed_phase, inputs, opts,
-            {"role": "seed", "domains": setup.registry.domains},
+            setup, SEED, model, tokenizer, data, domains, setup.preset.seed_phase, inputs, opts,
+            {"role": "seed", "domains": domains},
         )
 
     return _reuse_or_build(setup, SEED, inputs, opts, build)
 
 
 def train_experts(
-    setup: Setup, domains: Sequence[str] | None = None, opts: TrainOptions = TrainOptions()
+    setup: Setup, domains: Sequence[str] | None = None, opts: TrainOptions = TrainOptions(),
+    init: BranchInit | None = None,
 ) -> list[Built]:
-    """Branch the seed into one expert per starter card (of the given domains)."""
+    """Branch the seed into one expert per starter card (of the given domains).
+
+    A card whose domain was added after the seed (not a base domain) starts from ``init`` (default: the
+    seed) and trains on its own domain alone; an existing current expert is reused whatever its init.
+    """
     cards = setup.registry.select(domains)
     data = data_inputs(setup)
     seed_dir = setup.workspace.model_dir(SEED)
@@ -231,7 +259,10 @@ def train_experts(
                 "experts are branched from the seed model, which is not built yet",
                 hint="run `moe-experts train seed` first (or `moe-experts quickstart`)",
             )
-        out.append(_train_branch(setup, card, data, seed_manifest, opts))
+        if data.is_base(card.domain):
+            out.append(_train_branch(setup, card, data, seed_manifest, opts))
+        else:
+            out.append(_train_added_branch(setup, card, data, seed_manifest, opts, init or BranchInit()))
     return out
 
 
@@ -254,6 +285,56 @@ def _train_branch(
     return _reuse_or_build(setup, card.name, inputs, opts, build)
 
 
+def _train_added_branch(
+    setup: Setup, card: ExpertCard, data: DataInputs, seed_manifest: dict[str, Any], opts: TrainOptions,
+    init: BranchInit,
+) -> Built:
+    """An expert for a domain added after the seed: tokenizer and seed frozen, trained on its domain alone."""
+    # the seed is the lineage every init shares; how it was initialised is recorded, not compared on reuse
+    inputs = {**_inputs(setup, data, parent=weights_id(seed_manifest)), "domain_corpus": data.domain_hashes[card.domain]}
+
+    def build() -> dict[str, Any]:
+        loaded = load_checkpoint(setup.workspace.model_dir(SEED))
+        before = tokens_seen(seed_manifest) or int(seed_manifest["training"]["tokens"])
+        record: dict[str, Any] = {"method": "seed", "from": {SEED: weights_id(seed_manifest)}}
+        if init.method != "seed":
+            weights = {n: float(w) for n, w in init.weights.items() if w > 0}
+            if not weights:
+                raise MissingArtifactError(f"`init` {init.method} for '{card.name}' names no expert to start from",
+                                           hint="use `init` seed, or build the other experts first")
+            manifests = {n: verify_checkpoint(setup.workspace.model_dir(n)) for n in weights}
+            loaded.model.load_state_dict(average_weights(setup, weights))
+            record = {"method": init.method, "weights": {n: round(w / sum(weights.values()), 6) for n, w in weights.items()},
+                      "from": {n: weights_id(m) for n, m in manifests.items()}}
+            # every token behind the averaged weights: the seed's once, and what each branch added to it
+            before += sum((tokens_seen(m) or 0) - before for m in manifests.values())
+        frozen = freeze_trunk(loaded.model) if setup.preset.branch_trunk == "frozen" else 0
+        logger.info("%s: added expert, initialised from %s", card.name,
+                    record["method"] if init.method == "seed" else ", ".join(f"{n} {w:.3f}" for n, w in record["weights"].items()))
+        return _train_and_save(
+            setup, card.name, loaded.model, loaded.tokenizer, data, [card.domain], setup.preset.branch_phase, inputs,
+            opts, {"role": "expert", "added": True, "init": record, "domains": [card.domain],
+                   "trunk": setup.preset.branch_trunk, "frozen_parameters": frozen},
+            tokens_before=before, run_inputs={**inputs, "init": init.method, "init_weights": dict(init.weights)},
+        )
+
+    return _reuse_or_build(setup, card.name, inputs, opts, build)
+
+
+def average_weights(setup: Setup, weights: Mapping[str, float]) -> dict[str, Any]:
+    """The weighted average of workspace experts' parameters (weights normalised to sum to one), in float32."""
+    import torch
+
+    total = sum(weights.values())
+    out: dict[str, Any] = {}
+    for name, w in weights.items():
+        state = load_checkpoint(setup.workspace.model_dir(name)).model.state_dict()
+        for key, tensor in state.items():
+            part = tensor.detach().float() * (w / total)
+            out[key] = part if key not in out else out[key] + part
+    return {k: v.to(torch.float32) for k, v in out.items()}
+
+
 def freeze_trunk(model: Any) -> int:
     """Freeze everything but the FFNs (DEMix): attention, norms, embeddings and head stay the seed's; frozen count."""
     frozen = 0
@@ -270,50 +351,107 @@ def tokens_seen(manifest: dict[str, Any]) -> int | None:
     return None if seen is None else int(seen)
 
 
-def consumed_tokens(setup: Setup) -> dict[str, int]:
-    """Training tokens the seed and every starter branch consumed (computed on, kept or not), by model name."""
-    names = [SEED, *[c.name for c in setup.registry.starters]]
-    missing = [n for n in names if not (setup.workspace.model_dir(n) / MANIFEST).exists()]
+def consumed_tokens(setup: Setup, names: Sequence[str] | None = None,
+                    recorded: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Training tokens the seed and starter branches consumed (computed on, kept or not), by model name.
+
+    ``names``: whose (default: the seed and every starter card's expert). ``recorded``: values to use for a
+    model that is gone (an expert removed with its files), as the generalist matched to it recorded them.
+    """
+    names = list(names) if names is not None else [SEED, *[c.name for c in setup.registry.starters]]
+    recorded = recorded or {}
+    missing = [n for n in names if not (setup.workspace.model_dir(n) / MANIFEST).exists() and n not in recorded]
     if missing:
         raise MissingArtifactError(
             f"the compute-matched generalist is trained on as many tokens as the seed and the experts consumed, "
             f"and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not trained yet",
             hint="run `moe-experts train seed` and `moe-experts train experts` first (or `moe-experts quickstart`)",
         )
-    return {n: int(model_manifest(setup, n)["training"]["tokens"]) for n in names}
+    return {n: int(model_manifest(setup, n)["training"]["tokens"]) if (setup.workspace.model_dir(n) / MANIFEST).exists()
+            else int(recorded[n]) for n in names}
 
 
-def train_generalists(setup: Setup, opts: TrainOptions = TrainOptions()) -> list[Built]:
-    """The compute-matched generalist, and the parameter-matched one when the preset asks for it."""
+@dataclass(frozen=True)
+class GeneralistScope:
+    """The mixture a compute-matched generalist learns, and whose consumed tokens it matches."""
+
+    domains: tuple[str, ...]
+    matched: tuple[str, ...]  # the seed and the branches of those domains
+    recorded: Mapping[str, int] = field(default_factory=dict)
+
+
+def generalist_scope(setup: Setup, data: DataInputs, domains: Sequence[str] | None = None) -> GeneralistScope:
+    """``domains`` given: those, matched to the seed and their starter branches (``train generalist`` passes every
+    card's). None: the scope the generalist in the workspace was built with, so that adding or removing an
+    expert keeps it as the comparison; with none built, the base domains the seed learned that still have cards.
+    """
+    if domains is None:
+        folder = setup.workspace.model_dir(GENERALIST)
+        if (folder / MANIFEST).exists():
+            m = read_json(folder / MANIFEST)
+            matched = m.get("matched_to") or {}
+            same_base = m.get("inputs", {}).get("corpus_hash") == data.corpus_hash  # not from before a full rebuild
+            if same_base and m.get("domains") and matched and all(d in data.domain_hashes for d in m["domains"]):
+                return GeneralistScope(tuple(m["domains"]), tuple(matched), {k: int(v) for k, v in matched.items()})
+        domains = [d for d in setup.registry.domains if data.is_base(d)]
+    starters = [c.name for c in setup.registry.starters if c.domain in domains]
+    return GeneralistScope(tuple(domains), (SEED, *starters))
+
+
+def train_generalists(setup: Setup, opts: TrainOptions = TrainOptions(), *,
+                      domains: Sequence[str] | None = None) -> list[Built]:
+    """The compute-matched generalist, and the parameter-matched one when the preset asks for it.
+
+    ``domains``: the mixture to learn (None: the one it was built on; see ``generalist_scope``).
+    """
     data = data_inputs(setup)
-    n_branches = len(setup.registry.starters)
-    consumed = consumed_tokens(setup)  # read once: the budget, and what the manifest says it matched
+    scope = generalist_scope(setup, data, domains)
+    consumed = consumed_tokens(setup, scope.matched, scope.recorded)  # read once: the budget, and what it matched
     phase = setup.preset.generalist_phase(sum(consumed.values()))
-    out = [_train_generalist(setup, data, GENERALIST, setup.preset.model, phase, opts, "compute", consumed)]
+    n_branches = len(scope.matched) - 1
+    out = [_train_generalist(setup, data, GENERALIST, setup.preset.model, phase, opts, "compute", consumed, scope)]
     if setup.preset.parameter_matched_generalist:
         vocab = len(load_tokenizer(setup.workspace.tokenizer_dir))
         target = n_branches * llama_parameters(setup.preset.model, vocab)
         shape = parameter_matched_shape(setup.preset.model, vocab, target)
-        out.append(_train_generalist(setup, data, GENERALIST_PARAMS, shape, phase, opts, "parameters", consumed))
+        out.append(_train_generalist(setup, data, GENERALIST_PARAMS, shape, phase, opts, "parameters", consumed, scope))
     return out
 
 
 def _train_generalist(
     setup: Setup, data: DataInputs, name: str, shape: ModelShape, phase: PhaseConfig, opts: TrainOptions, matched: str,
-    consumed: dict[str, int],
+    consumed: dict[str, int], scope: GeneralistScope,
 ) -> Built:
     inputs = {**_inputs(setup, data, parent=None), "steps": phase.steps, "shape": shape.model_dump()}
+    domains = list(scope.domains)
+    if set(domains) != set(data.base_domains):  # a mixture other than the base: its corpora are inputs too
+        inputs["domains"] = {d: data.domain_hashes[d] for d in domains}
 
     def build() -> dict[str, Any]:
         tokenizer = load_tokenizer(setup.workspace.tokenizer_dir)
         model = new_model(setup.preset, tokenizer, seed=setup.preset.seed, shape=shape)
         return _train_and_save(
-            setup, name, model, tokenizer, data, setup.registry.domains, phase, inputs, opts,
-            {"role": "generalist", "matched": matched, "domains": setup.registry.domains,
-             "matched_to": consumed},
+            setup, name, model, tokenizer, data, domains, phase, inputs, opts,
+            {"role": "generalist", "matched": matched, "domains": domains, "matched_to": consumed},
         )
 
     return _reuse_or_build(setup, name, inputs, opts, build)
+
+
+def generalist_note(setup: Setup) -> str:
+    """Which generalist the reports compare against, and what it has not seen."""
+    folder = setup.workspace.model_dir(GENERALIST)
+    if not (folder / MANIFEST).exists():
+        return "no compute-matched generalist yet (`moe-experts train generalist`)"
+    m = read_json(folder / MANIFEST)
+    seen = list(m.get("domains") or [])
+    unseen = [d for d in setup.registry.domains if d not in seen]
+    tokens = m.get("training", {}).get("tokens_seen")
+    text = f"the compute-matched generalist, trained on {', '.join(seen)}" + (f" ({tokens:,} tokens)" if tokens else "")
+    if unseen:
+        text += (f"; it has not seen {', '.join(unseen)}. `moe-experts train generalist` retrains it on every "
+                 "card's domain, matched to the tokens of the seed and every expert")
+    return text
 
 
 def parameter_matched_shape(base: ModelShape, vocab_size: int, target_parameters: int) -> ModelShape:

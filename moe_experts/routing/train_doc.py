@@ -52,17 +52,14 @@ def corpus_hashes(setup: Setup) -> dict[str, dict[str, str]]:
 def _read_split(setup: Setup, split: str, limit: int | None) -> Split:
     ids, texts, labels = [], [], []
     for label, card in enumerate(setup.registry.cards):
-        docs = list(iter_documents(setup.workspace, card.domain, split))  # type: ignore[arg-type]
-        if not docs:
+        # a deterministic sample that does not depend on file order: the lowest content hashes
+        doc_ids, doc_texts = domain_sample(setup, card.domain, split, limit)
+        if not doc_ids:
             raise DataError(f"domain '{card.domain}' has an empty {split} split; the router cannot learn it",
                             hint="add sources to its card, then `moe-experts data build --force`")
-        if limit is not None and len(docs) > limit:
-            # a deterministic sample that does not depend on file order: the lowest content hashes
-            docs = sorted(docs, key=lambda d: unit_hash(d.text, "router-sample"))[:limit]
-            logger.info("router: %s %s: sampled %d of its documents (recipe limit)", card.domain, split, limit)
-        ids += [d.id for d in docs]
-        texts += [d.text for d in docs]
-        labels += [label] * len(docs)
+        ids += doc_ids
+        texts += doc_texts
+        labels += [label] * len(doc_ids)
     return Split(ids, texts, np.asarray(labels, dtype=np.int64))
 
 
@@ -101,10 +98,18 @@ def embed_cached(setup: Setup, embedder: Embedder, ids: list[str], texts: list[s
 
 
 def train_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False) -> dict[str, Any]:
-    """Build ``routers/doc`` from every card's train and val documents and return its manifest.
+    """Build ``routers/doc`` from every card's train and val documents and return its manifest."""
+    router = fit_doc_router(setup, recipe, unsupervised=unsupervised)
+    router.save(router_dir(setup.workspace.root))
+    return router.manifest
 
-    A thin wrapper over ``fit_router``: it reads the workspace's splits, reuses cached
-    embeddings, records the cards and corpus hashes, and saves the router atomically.
+
+def fit_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False) -> DocRouter:
+    """The document router over the cards' train and val documents, in memory (``save`` writes it).
+
+    A thin wrapper over ``fit_router``: it reads the workspace's splits, reuses cached embeddings (so a
+    refit after adding or removing an expert embeds only documents it has not seen), and records the
+    cards and corpus hashes.
     """
     hashes = corpus_hashes(setup)
     train = _read_split(setup, "train", recipe.max_train_documents_per_domain)
@@ -122,8 +127,35 @@ def train_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: boo
     )
     router = DocRouter.from_fit(fitted, embedder)
     router.manifest["metrics"]["card_examples"] = router.check_examples(examples, fitted.example_vectors)
-    router.save(router_dir(setup.workspace.root))
-    return router.manifest
+    return router
+
+
+def domain_sample(setup: Setup, domain: str, split: str, limit: int | None) -> tuple[list[str], list[str]]:
+    """(ids, texts): the documents of one domain's split the router learns from (the same deterministic sample)."""
+    docs = list(iter_documents(setup.workspace, domain, split))  # type: ignore[arg-type]
+    if limit is not None and len(docs) > limit:
+        docs = sorted(docs, key=lambda d: unit_hash(d.text, "router-sample"))[:limit]
+    return [d.id for d in docs], [d.text for d in docs]
+
+
+def forget_embeddings(setup: Setup, doc_ids: set[str]) -> int:
+    """Drop the cached embeddings of ``doc_ids`` from every embedder's cache; how many rows were dropped."""
+    dropped = 0
+    for folder in sorted((setup.workspace.root / "embeddings").glob("*")):
+        ids_path, vec_path = folder / "ids.json", folder / "vectors.npy"
+        if not (ids_path.exists() and vec_path.exists()):
+            continue
+        ids = json.loads(ids_path.read_text())
+        keep = [i for i, doc_id in enumerate(ids) if doc_id not in doc_ids]
+        if len(keep) == len(ids):
+            continue
+        vectors = np.load(vec_path, allow_pickle=False)[keep]
+        write_json_atomic(ids_path, [ids[i] for i in keep])  # ids first: it then names only rows that exist
+        tmp = folder / f".tmp-vectors-{os.getpid()}.npy"
+        np.save(tmp, vectors)
+        tmp.replace(vec_path)
+        dropped += len(ids) - len(keep)
+    return dropped
 
 
 def _card_examples(setup: Setup) -> list[tuple[str, str, bool]]:

@@ -48,6 +48,24 @@ def token_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
             "preset": setup.preset.fingerprint(), "tokenizer_hash": data.tokenizer_hash, "corpus_hash": data.corpus_hash}
 
 
+def expert_set_change(setup: Setup) -> str | None:
+    """How the token router's experts differ from the cards' (an expert added or removed since), or None.
+
+    A changed expert set makes the merged checkpoint stale whatever the recipe: its gates have one row per
+    expert it was built with, and its merged attention averaged those experts' weights.
+    """
+    folder = token_router_dir(setup.workspace.root)
+    if not (folder / MANIFEST).exists():
+        return None
+    built = [n for n in read_json(folder / MANIFEST).get("experts", []) if n != SEED]
+    now = list(setup.registry.names)
+    if built == now:
+        return None
+    parts = [f"added since: {', '.join(n for n in now if n not in built)}" if any(n not in built for n in now) else "",
+             f"removed since: {', '.join(n for n in built if n not in now)}" if any(n not in now for n in built) else ""]
+    return f"the token router was built for {', '.join(built)} ({'; '.join(p for p in parts if p)})"
+
+
 def _run_inputs(inputs: dict[str, Any], recipe: TokenRouterRecipe) -> dict[str, Any]:
     """What an interrupted training run must share with its resume: the router's inputs, with the recipe
     field by field (bar the health check's, which runs after training)."""

@@ -20,7 +20,7 @@ LAYERS = [
     ["routing"],
     ["inference"],
     ["evaluation"],
-    ["pipeline", "api"],
+    ["pipeline", "lifecycle", "api"],
     ["cli", "serve", "__main__"],
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -10,7 +10,7 @@ from moe_experts.evaluation.context import EvalContext, Loader, Unavailable, exp
 from moe_experts.evaluation.scoring import DocScores, scores_from_logprobs
 from moe_experts.evaluation.systems.base import LineUpOptions, System
 from moe_experts.modeling.checkpoints import load_checkpoint
-from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, load_expert, tokens_seen
+from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, generalist_note, load_expert, tokens_seen
 from moe_experts.workspace import MANIFEST
 
 
@@ -56,8 +56,10 @@ class ModelSystem(System):
 
 # ---------------------------------------------------------------------------- registry entries
 def generalist(setup: Setup, options: LineUpOptions) -> list[System]:
+    # after the expert set grew, say which generalist this is: the old one has not seen the new domains
     return [ModelSystem(GENERALIST, "dense",
-                        "compute-matched generalist (as many training tokens as seed + all branches consumed)",
+                        "compute-matched generalist (as many training tokens as the seed and its branches consumed): "
+                        + generalist_note(setup),
                         GENERALIST, setup.workspace.model_dir(GENERALIST), "build it with `moe-experts train generalist`")]
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from moe_experts.evaluation.context import EvalContext, experts_training_tokens, manifest_of
+from moe_experts.evaluation.context import EvalContext, Unavailable, experts_training_tokens, manifest_of
 from moe_experts.evaluation.scoring import DocScores, scores_from_logprobs
 from moe_experts.evaluation.systems.base import EXPERT_LOAD, LineUpOptions, System
 from moe_experts.evaluation.systems.model import ModelSystem
 from moe_experts.modeling.checkpoints import LoadedModel
 from moe_experts.modeling.stages import SEED, Setup
-from moe_experts.routing.train_token import router_health, token_router_dir
+from moe_experts.routing.train_token import expert_set_change, router_health, token_router_dir
 
 LOAD_BLOCKS_PER_DOMAIN = 16  # test blocks per domain for the expert-load heatmap
 
@@ -19,6 +19,15 @@ LOAD_BLOCKS_PER_DOMAIN = 16  # test blocks per domain for the expert-load heatma
 @dataclass
 class TokenMoESystem(ModelSystem):
     capabilities: ClassVar[frozenset[str]] = frozenset({EXPERT_LOAD})
+
+    def unavailable(self, ctx: EvalContext) -> Unavailable | None:
+        missing = super().unavailable(ctx)
+        if missing is not None:
+            return missing
+        change = expert_set_change(ctx.setup)
+        if change is not None:  # scoring it would compare another expert set under this one's name
+            return Unavailable(change, "rebuild it with `moe-experts train-router --kind token --force`")
+        return None
 
     def scores(self, ctx: EvalContext) -> dict[str, DocScores]:
         logprobs = ctx.model_logprobs(self.key, self._loader(ctx), while_loaded=lambda m: _expert_load(ctx, m))

@@ -1,0 +1,324 @@
+"""Growing and pruning the expert set (``moe-experts experts add / remove``) on the micro preset.
+
+Every test works on its own copy of the session's routed micro workspace and of its cards folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import card
+
+_CMDS = "ls cp mv grep find tar ssh rsync chmod chown mount kill ps sed awk".split()
+_WORDS = "file directory recursive verbose output mode link symbolic device archive pattern owner group signal".split()
+
+
+def unix_documents(n: int, seed: int = 5) -> list[str]:
+    """Deterministic manual-page-like documents: a domain no built expert has seen."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        c = rng.choice(_CMDS)
+        lines = [f"{c.upper()}(1) User Commands", f"NAME {c} - {rng.choice(_WORDS)} {rng.choice(_WORDS)} utility",
+                 f"SYNOPSIS {c} [OPTION]... [FILE]..."]
+        for _ in range(rng.randint(3, 6)):
+            w = rng.choice(_WORDS)
+            lines.append(f"-{w[0]}, --{w} {rng.choice(_WORDS)} the {rng.choice(_WORDS)} of each {rng.choice(_WORDS)}")
+        docs.append("\n".join(lines))
+    return docs
+
+
+def write_card(folder: Path, name: str, sources: list[dict], **fields) -> Path:
+    data = card(name, sources)
+    data.update(fields)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def grow(routed, tmp_path):
+    """(setup over a copy of the routed workspace and cards, router recipe, the new card's path outside the cards)."""
+    from moe_experts.config import load_registry
+    from moe_experts.recipes import load_recipe
+
+    setup, _, recipe_path = routed
+    cards = tmp_path / "cards"
+    shutil.copytree(setup.registry.source_dir, cards)
+    ws = tmp_path / "ws"
+    shutil.copytree(setup.workspace.root, ws)
+    copy = replace(setup, workspace=replace(setup.workspace, root=ws), registry=load_registry(cards))
+    text = tmp_path / "unix.jsonl"
+    text.write_text("".join(json.dumps({"text": t}) + "\n" for t in unix_documents(260)))
+    new_card = write_card(tmp_path, "unix", [{"kind": "local", "path": str(text), "format": "jsonl"}])
+    return copy, load_recipe(recipe_path), new_card
+
+
+def file_hashes(root: Path, folders: list[str]) -> dict[str, str]:
+    out = {}
+    for name in folders:
+        for path in sorted((root / name).rglob("*")):
+            if path.is_file():
+                out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _old_files(setup) -> dict[str, str]:
+    folders = ["models", "tokenizer", "tokens", *[f"corpora/{d}" for d in setup.registry.domains]]
+    return file_hashes(setup.workspace.root, folders)
+
+
+def _reload(setup):
+    from moe_experts.config import load_registry
+
+    return replace(setup, registry=load_registry(Path(setup.registry.source_dir)))
+
+
+def test_add_leaves_the_others_byte_for_byte_and_remove_restores_the_router(grow):
+    from moe_experts.data.build import corpora_state
+    from moe_experts.evaluation.options import EvalOptions
+    from moe_experts.evaluation.runner import run_eval
+    from moe_experts.lifecycle import add_expert, remove_expert
+    from moe_experts.routing.doc_router import DocRouter, router_dir
+
+    setup, recipe, new_card = grow
+    before = _old_files(setup)
+    router_before = file_hashes(setup.workspace.root, ["routers/doc"])
+
+    result = add_expert(setup, new_card, recipe=recipe)
+
+    grown = _reload(setup)
+    assert grown.registry.names == ["code", "general", "law", "medicine", "unix"]
+    assert (Path(grown.registry.source_dir) / "unix.yaml").read_text() == new_card.read_text()
+    new_files = {k: v for k, v in _old_files(setup).items() if k in before}
+    assert new_files == before  # every file of the seed, the experts, the generalist, tokenizer and old corpora
+    assert result.trained and result.init == {"method": "seed", "from": {"seed": result.untouched["seed"]}}
+    assert (grown.workspace.model_dir("unix") / "model.safetensors").exists()
+    assert corpora_state(grown.workspace, grown.registry, grown.preset.data).state == "current"
+    assert result.documents["train"] > 100 and result.router_accuracy >= 0.8
+    assert "has not seen unix" in result.generalist
+    router = DocRouter.load(router_dir(grown.workspace.root), grown.registry)
+    decision = router.route(["LS(1) User Commands\nNAME ls - list directory contents\n-r, --recursive list subdirectories"])[0][0]
+    assert decision.predicted == "unix"
+
+    report = run_eval(grown, EvalOptions(max_docs=4, suites=False, speed_prompts=0, latency_requests=0))
+    assert "expert:unix" in [s["name"] for s in report["systems"]] and "unix" in report["domains"]
+    assert any("not on unix" in note for note in report["notes"])
+
+    removed = remove_expert(grown, "unix", recipe=recipe)
+    pruned = _reload(grown)
+    assert pruned.registry.names == ["code", "general", "law", "medicine"]
+    assert removed.card == Path(grown.registry.source_dir) / "removed" / "unix.yaml" and removed.card.exists()
+    router_after = file_hashes(setup.workspace.root, ["routers/doc"])
+    # the same cards, recipe and cached embeddings: the router is the one from before the add, bar its timings
+    assert {k: v for k, v in router_after.items() if not k.endswith("router.json")} == \
+        {k: v for k, v in router_before.items() if not k.endswith("router.json")}
+    assert (grown.workspace.model_dir("unix") / "model.safetensors").exists()  # kept without --delete
+
+    again = add_expert(pruned, removed.card, recipe=recipe)  # adding it back reuses what was built
+    assert not again.trained and not removed.card.exists()
+    assert _reload(pruned).registry.names[-1] == "unix"
+
+
+def test_average_and_nearest_initialise_from_the_router_posterior(grow):
+    from moe_experts.lifecycle import add_expert, router_posterior
+    from moe_experts.modeling.checkpoints import load_checkpoint
+    from moe_experts.modeling.stages import TrainOptions, average_weights, model_manifest, tokens_seen
+
+    setup, recipe, new_card = grow
+    shutil.copy(new_card, Path(setup.registry.source_dir) / "unix.yaml")  # declared first: its corpus exists for
+    from moe_experts.pipeline import ensure_corpora  # the posterior below; the add then builds the rest
+
+    ensure_corpora(_reload(setup))
+    posterior = router_posterior(_reload(setup), "unix", recipe.max_train_documents_per_domain)
+    top = max(posterior, key=posterior.get)
+    result = add_expert(_reload(setup), new_card, init="average", recipe=recipe)
+    weights = result.init["weights"]
+    assert set(weights) <= {"code", "general", "law", "medicine"} and abs(sum(weights.values()) - 1) < 1e-5
+    assert weights == pytest.approx({n: p / sum(posterior.values()) for n, p in posterior.items()}, abs=1e-5)
+    assert max(weights, key=weights.get) == top
+    grown = _reload(setup)
+    seed_tokens = tokens_seen(model_manifest(grown, "seed"))
+    assert tokens_seen(model_manifest(grown, "unix")) > seed_tokens  # the averaged branches' tokens are counted
+
+    # the average itself: one expert at weight 1 is that expert; two at one half each, their mean
+    code = load_checkpoint(grown.workspace.model_dir("code")).model.state_dict()
+    law = load_checkpoint(grown.workspace.model_dir("law")).model.state_dict()
+    alone = average_weights(grown, {"code": 1.0})
+    mixed = average_weights(grown, {"code": 0.5, "law": 0.5})
+    for key in code:
+        torch.testing.assert_close(alone[key], code[key].float())
+        torch.testing.assert_close(mixed[key], (code[key].float() + law[key].float()) / 2)
+
+    nearest = add_expert(grown, Path(grown.registry.source_dir) / "unix.yaml", init="nearest", recipe=recipe,
+                         opts=TrainOptions(force=True))
+    assert nearest.init["method"] == "nearest" and list(nearest.init["weights"]) == [top]
+
+
+def _snapshot(setup) -> tuple[list[str], bytes, list[str], dict[str, str]]:
+    root = setup.workspace.root
+    return (sorted(p.name for p in Path(setup.registry.source_dir).iterdir()),
+            (root / "corpora" / "moe_experts.json").read_bytes(),
+            sorted(p.name for p in (root / "models").iterdir()),
+            file_hashes(root, ["routers/doc"]))
+
+
+def test_bad_cards_are_refused_with_the_fix_and_nothing_is_written(grow, tmp_path):
+    from moe_experts.errors import CheckpointError, ConfigError, DataError
+    from moe_experts.lifecycle import add_expert
+
+    setup, recipe, new_card = grow
+    before = _snapshot(setup)
+    law_source = setup.registry.by_name("law").corpus.sources[0].model_dump(mode="json", exclude_none=True)
+    text = tmp_path / "unix.jsonl"
+    (tmp_path / "other").mkdir()
+    cases = [
+        (write_card(tmp_path, "legal", [law_source], domain="law"), ConfigError, "domain 'law' already has an expert"),
+        (write_card(tmp_path / "other", "law", [{"kind": "local", "path": str(text), "format": "jsonl"}], domain="lawx"),
+         ConfigError, "an expert named 'law' already exists"),
+        (write_card(tmp_path, "tiny", [{"kind": "local", "path": str(text), "format": "jsonl", "limit": 5}]),
+         DataError, "under its minimum"),
+        (write_card(tmp_path, "copies", [law_source]), DataError, "repeats an existing domain"),
+        (write_card(tmp_path, "foreign", [{"kind": "local", "path": str(text), "format": "jsonl"}],
+                    model=str(tmp_path / "no-such-model")), CheckpointError, "cannot load"),
+    ]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message) as info:
+            add_expert(setup, path, recipe=recipe)
+        assert info.value.hint, path  # every refusal names the fix
+        assert _snapshot(setup) == before, path
+        assert not (setup.workspace.root / "corpora" / path.stem).exists() or path.stem == "law"
+
+
+def test_an_interrupted_add_leaves_the_old_set_usable_and_resumes(grow):
+    from transformers import TrainerCallback
+
+    from moe_experts.data.build import corpora_state
+    from moe_experts.errors import TrainingError
+    from moe_experts.lifecycle import add_expert
+    from moe_experts.modeling.stages import TrainOptions
+    from moe_experts.routing.doc_router import DocRouter, router_dir
+
+    class Kill(Exception):
+        pass
+
+    class StopAt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise Kill
+
+    setup, recipe, new_card = grow
+    before = _snapshot(setup)
+    with pytest.raises(Kill):
+        add_expert(setup, new_card, recipe=recipe, opts=TrainOptions(callbacks=[StopAt()]))
+    cards, _, models, router = _snapshot(setup)
+    assert (cards, models, router) == (before[0], before[2], before[3])  # the new corpus may stay; nothing else moved
+    assert corpora_state(setup.workspace, setup.registry, setup.preset.data).state == "current"
+    routed = DocRouter.load(router_dir(setup.workspace.root), setup.registry).route(["def main():\n    return 0"])
+    assert routed[0][0].expert in setup.registry.names
+    with pytest.raises(TrainingError, match="`resume`"):
+        add_expert(setup, new_card, recipe=recipe)
+    done = add_expert(setup, new_card, recipe=recipe, opts=TrainOptions(resume=True))
+    assert done.trained and _reload(setup).registry.names[-1] == "unix"
+
+
+def test_removing_the_fallback_needs_a_new_one(grow):
+    from moe_experts.config import load_registry
+    from moe_experts.errors import ConfigError
+    from moe_experts.lifecycle import remove_expert
+    from moe_experts.routing.doc_router import router_dir
+
+    setup, recipe, _ = grow
+    with pytest.raises(ConfigError, match="fallback expert") as info:
+        remove_expert(setup, "general", recipe=recipe)
+    assert "`fallback`" in info.value.hint
+    with pytest.raises(ConfigError, match="not one of the remaining"):
+        remove_expert(setup, "general", fallback="general", recipe=recipe)
+    result = remove_expert(setup, "general", fallback="law", recipe=recipe, delete=True)
+    registry = load_registry(Path(setup.registry.source_dir))
+    assert registry.names == ["code", "law", "medicine"] and registry.fallback.name == "law"
+    assert yaml.safe_load(result.card.read_text()).get("fallback", False) is False
+    assert json.loads((router_dir(setup.workspace.root) / "router.json").read_text())["fallback"] == "law"
+    assert not setup.workspace.model_dir("general").exists() and not setup.workspace.corpus_dir("general").exists()
+    assert "general" not in json.loads((setup.workspace.root / "corpora" / "moe_experts.json").read_text())["domains"]
+
+
+def test_a_new_card_in_the_folder_is_added_alone_by_the_quickstart_stages(grow):
+    from moe_experts.data.build import corpora_state
+    from moe_experts.modeling.stages import train_experts, train_generalists, train_seed
+    from moe_experts.pipeline import ensure_corpora, ensure_tokenizer
+
+    setup, _, new_card = grow
+    before = _old_files(setup)
+    shutil.copy(new_card, Path(setup.registry.source_dir) / "unix.yaml")
+    grown = _reload(setup)
+    assert corpora_state(grown.workspace, grown.registry, grown.preset.data).new_domains == ("unix",)
+    assert ensure_corpora(grown, update=False)  # adds unix alone; update=False: nothing stale
+    assert not ensure_tokenizer(grown, update=False)  # the tokenizer is frozen
+    assert not train_seed(grown).trained
+    assert [b.name for b in train_experts(grown) if b.trained] == ["unix"]
+    assert not any(b.trained for b in train_generalists(grown))  # the old generalist stays the comparison
+    assert {k: v for k, v in _old_files(setup).items() if k in before} == before
+
+
+def test_the_token_router_is_marked_stale_when_the_set_changes(grow):
+    from moe_experts.errors import StaleArtifactError
+    from moe_experts.inference.ask_token import load_token_moe
+    from moe_experts.pipeline import check_token_router
+    from moe_experts.recipes import TokenRouterRecipe
+    from moe_experts.routing.train_token import expert_set_change, token_router_dir
+    from moe_experts.workspace import MANIFEST, write_json_atomic
+
+    setup, _, new_card = grow
+    folder = token_router_dir(setup.workspace.root)
+    write_json_atomic(folder / MANIFEST, {"experts": ["code", "general", "law", "medicine"]})
+    assert expert_set_change(setup) is None
+    shutil.copy(new_card, Path(setup.registry.source_dir) / "unix.yaml")
+    grown = _reload(setup)
+    assert "added since: unix" in expert_set_change(grown)
+    state = check_token_router(grown, False, TokenRouterRecipe())
+    assert state.startswith("stale") and "--kind token --force" in state
+    with pytest.raises(StaleArtifactError, match="added since: unix"):
+        load_token_moe(grown)
+
+
+def test_a_pretrained_expert_of_another_architecture_is_served_by_the_document_router(grow, tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from moe_experts.lifecycle import add_expert
+    from moe_experts.pipeline import check_token_router
+    from moe_experts.recipes import TokenRouterRecipe
+    from moe_experts.routing.doc_router import DocRouter, router_dir
+
+    folder = tmp_path / "gpt2-unix"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(unix_documents(50), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(fast), n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(folder)
+    fast.save_pretrained(folder)
+
+    setup, recipe, new_card = grow
+    data = yaml.safe_load(new_card.read_text())
+    data["model"] = str(folder)
+    new_card.write_text(yaml.safe_dump(data))
+    result = add_expert(setup, new_card, recipe=recipe)
+    assert result.kind == "pretrained" and result.init is None and not result.trained
+    assert not setup.workspace.model_dir("unix").exists()  # nothing trained for it
+    grown = _reload(setup)
+    router = DocRouter.load(router_dir(grown.workspace.root), grown.registry)
+    assert "unix" in router.experts
+    refused = check_token_router(grown, True, TokenRouterRecipe())
+    assert refused.startswith("not rebuilt") and "GPT2LMHeadModel" in refused
