@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from moe_experts.config import load_card, load_registry
 from moe_experts.errors import SourceUnavailableError
 from moe_experts.sources import SOURCES, build_source
-from moe_experts.sources.man_pages import ManPagesSource, page_name, roff_to_text
+from moe_experts.sources.man_pages import ManPagesSource, page_name
+from moe_experts.sources.roff import roff_to_text
 from tests.conftest import REPO, card
 
 # Shaped like coreutils' ls.1 (help2man): a comment header, .TH with five fields, \fI\,...\/\fR, .TP lists.
