@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import write_result  # noqa: E402
 from benchmarks.validation import open_bench, parser  # noqa: E402
-from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions, train_experts, train_generalists  # noqa: E402
+from moe_experts.modeling.generalist import train_generalists  # noqa: E402
+from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions, train_experts  # noqa: E402
 from moe_experts.recipes import TokenRouterRecipe  # noqa: E402
 from moe_experts.workspace import Workspace  # noqa: E402
 

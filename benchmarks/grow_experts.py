@@ -193,7 +193,8 @@ def main() -> None:
 def _rebuild_without_report(setup: Any, recipe: Any) -> list[dict[str, Any]]:
     """``quickstart --rebuild`` up to the document router (every stage timed), without the evaluation report."""
     from moe_experts.modeling.sanity import run_sanity
-    from moe_experts.modeling.stages import TrainOptions, train_experts, train_generalists, train_seed
+    from moe_experts.modeling.generalist import train_generalists
+    from moe_experts.modeling.stages import TrainOptions, train_experts, train_seed
     from moe_experts.pipeline import ensure_corpora, ensure_doc_router, ensure_tokenizer
 
     opts = TrainOptions(update=True)

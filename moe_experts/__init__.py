@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _API = {
     "MoE": "moe_experts.api", "Report": "moe_experts.api", "Target": "moe_experts.api",
     "BuildResult": "moe_experts.api", "RouterInfo": "moe_experts.api",
+    "AddResult": "moe_experts.lifecycle", "RemoveResult": "moe_experts.lifecycle",
     "RoutingDecision": "moe_experts.routing.doc_router", "DocRouter": "moe_experts.routing.doc_router",
     "Answer": "moe_experts.inference.ask",
     "MoeExpertsError": "moe_experts.errors",
@@ -27,6 +28,7 @@ __all__ = ["__version__", *_API]
 if TYPE_CHECKING:
     from moe_experts.api import BuildResult, MoE, Report, RouterInfo, Target  # noqa: F401
     from moe_experts.errors import MoeExpertsError  # noqa: F401
+    from moe_experts.lifecycle import AddResult, RemoveResult  # noqa: F401
     from moe_experts.inference.ask import Answer  # noqa: F401
     from moe_experts.routing.doc_router import DocRouter, RoutingDecision  # noqa: F401
 

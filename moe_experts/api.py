@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from moe_experts.config import ExpertRegistry, Preset
     from moe_experts.recipes import DocRouterRecipe
     from moe_experts.inference.ask import Answer
+    from moe_experts.lifecycle import AddResult, RemoveResult
     from moe_experts.modeling.stages import Setup
     from moe_experts.routing.doc_router import DocRouter, RoutingDecision
     from moe_experts.workspace import Workspace
@@ -126,18 +127,22 @@ class MoE:
 
     # ------------------------------------------------------------------ building
     def build(self, *, update: bool = False, resume: bool = False, restart: bool = False, strict: bool = False,
-              doc_router: DocRouterRecipe | Path | None = None, eval_max_docs: int | None = 300) -> BuildResult:
+              rebuild: bool = False, doc_router: DocRouterRecipe | Path | None = None,
+              eval_max_docs: int | None = 300) -> BuildResult:
         """Build whatever is missing (corpora, tokenizer, seed, experts, generalist, document router), reuse the rest.
 
-        It ends with the evaluation report on the test split (``eval_max_docs`` documents a domain; reused
-        when one was computed from the same inputs): what ``moe-experts quickstart`` does.
+        A card new to a built workspace is added alone (as ``add_expert`` does); ``rebuild`` builds every
+        corpus together and retrains everything instead. It ends with the evaluation report on the test split
+        (``eval_max_docs`` documents a domain; reused when one was computed from the same inputs): what
+        ``moe-experts quickstart`` does.
         """
         from moe_experts.evaluation.options import EvalOptions
         from moe_experts.modeling.stages import TrainOptions
         from moe_experts.pipeline import quickstart
 
         result = quickstart(self.setup, TrainOptions(resume=resume, restart=restart, update=update), strict=strict,
-                            recipe=_recipe("doc", doc_router), evaluation=EvalOptions(max_docs=eval_max_docs))
+                            recipe=_recipe("doc", doc_router), evaluation=EvalOptions(max_docs=eval_max_docs),
+                            rebuild=rebuild)
         self._doc_router = None  # a retrained router is loaded afresh
         report = Report.from_json(result.report, result.report_dir) if result.report is not None else None
         return BuildResult(stages=tuple((t.stage, t.seconds, t.built) for t in result.timings),
@@ -163,6 +168,49 @@ class MoE:
         if manifest is None:
             manifest = read_json(result.folder / ("router.json" if kind == "doc" else MANIFEST))
         return RouterInfo(kind, result.folder, result.trained, manifest)
+
+    # ------------------------------------------------------------------ growing and pruning
+    def add_expert(self, card: str | Path, *, init: str = "seed", token: bool = False, force: bool = False,
+                   resume: bool = False, restart: bool = False, doc_router: DocRouterRecipe | Path | None = None,
+                   token_router: Any = None) -> AddResult:
+        """Add the expert of ``card`` (a card YAML) to this built workspace, leaving every other expert untouched.
+
+        Its corpus (deduplicated against the built ones), one expert trained on it alone from ``init``
+        (``seed``, ``average`` of the experts weighted by the router's posterior, or ``nearest``), the document
+        router refitted, the card written into the cards folder; ``token`` rebuilds the token-level MoE too.
+        What ``moe-experts experts add`` does.
+        """
+        from moe_experts.lifecycle import add_expert
+        from moe_experts.modeling.stages import TrainOptions
+
+        result = add_expert(self.setup, Path(card), init=init, opts=TrainOptions(resume=resume, restart=restart,  # type: ignore[arg-type]
+                            force=force), recipe=_recipe("doc", doc_router), token=token,
+                            token_recipe=_recipe("token", token_router))
+        self._reopen()
+        return result
+
+    def remove_expert(self, name: str, *, fallback: str | None = None, delete: bool = False, token: bool = False,
+                      doc_router: DocRouterRecipe | Path | None = None, token_router: Any = None) -> RemoveResult:
+        """Take expert ``name`` out of routing (its card moves to <cards>/removed/); the others stay as they are.
+
+        ``fallback`` names the new fallback when removing the fallback expert; ``delete`` also deletes its
+        model, corpus, token streams and cached embeddings. What ``moe-experts experts remove`` does.
+        """
+        from moe_experts.lifecycle import remove_expert
+
+        result = remove_expert(self.setup, name, delete=delete, fallback=fallback, token=token,
+                               recipe=_recipe("doc", doc_router), token_recipe=_recipe("token", token_router))
+        self._reopen()
+        return result
+
+    def _reopen(self) -> None:
+        """Read the cards folder again (an add or remove changed it); drop what was loaded for the old set."""
+        from dataclasses import replace
+
+        from moe_experts.config import load_registry
+
+        self.setup = replace(self.setup, registry=load_registry(Path(self.setup.registry.source_dir)))
+        self._doc_router, self._pool = None, None
 
     # ------------------------------------------------------------------ serving
     def router(self) -> DocRouter:

@@ -30,16 +30,8 @@ from moe_experts.data.build import add_domains, corpora_dir, corpora_state, doma
 from moe_experts.data.tokenizer import build_token_streams, require_tokenizer
 from moe_experts.errors import ConfigError, MissingArtifactError, StaleArtifactError
 from moe_experts.modeling.checkpoints import load_pretrained
-from moe_experts.modeling.stages import (
-    GENERALIST,
-    SEED,
-    BranchInit,
-    Setup,
-    TrainOptions,
-    generalist_note,
-    model_manifest,
-    train_experts,
-)
+from moe_experts.modeling.generalist import generalist_note
+from moe_experts.modeling.stages import GENERALIST, SEED, BranchInit, Setup, TrainOptions, model_manifest, train_experts
 from moe_experts.workspace import MANIFEST, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -101,7 +93,7 @@ def add_expert(
     started = time.monotonic()
     recipe = recipe or DocRouterRecipe()
     card = load_card(Path(card_path))
-    old, new_registry, declared = _grown_registry(setup.registry, card, Path(card_path))
+    old, new_registry, declared = grown_registry(setup.registry, card, Path(card_path))
     _require_built(setup, card)
     if card.model.kind == "pretrained":
         logger.info("%s: checking that its model loads (%s)", card.name, card.model.name_or_path)
@@ -112,10 +104,11 @@ def add_expert(
 
     t = time.monotonic()
     state = corpora_state(setup.workspace, new_registry, setup.preset.data)
-    if state.state == "stale":
-        raise StaleArtifactError(f"the built corpora of {', '.join(state.stale_domains)} are stale (their cards changed)",
+    if state.base_stale:
+        raise StaleArtifactError(f"the built corpora of {', '.join(state.stale_domains)} are stale (their cards or the "
+                                 "data settings changed)",
                                  hint="rebuild first: `moe-experts quickstart --update`, then add the expert")
-    if card.domain in state.new_domains:
+    if card.domain in (*state.new_domains, *state.stale_domains):  # new, or its card changed since it was added
         add_domains(setup.workspace, new_registry, setup.preset.data, [card.domain], strict=strict)
     else:
         logger.info("%s: corpus up to date, reusing %s", card.domain, corpora_dir(setup.workspace) / card.domain)
@@ -144,7 +137,7 @@ def add_expert(
     seconds["router"] = round(time.monotonic() - t, 1)
 
     # the commit: the card joins the folder, then the refitted router replaces the old one
-    target = _declare(card, Path(card_path), new_registry, declared)
+    target = declare_card(card, Path(card_path), new_registry, declared)
     if router is not None:
         router.save(router_dir(setup.workspace.root))
     manifest = read_json(router_dir(setup.workspace.root) / "router.json")
@@ -169,8 +162,11 @@ def add_expert(
     )
 
 
-def _grown_registry(registry: ExpertRegistry, card: ExpertCard, path: Path) -> tuple[ExpertRegistry, ExpertRegistry, bool]:
-    """(the set without the card, the set with it, whether the cards folder already declares it); clashes refused."""
+def grown_registry(registry: ExpertRegistry, card: ExpertCard, path: Path) -> tuple[ExpertRegistry, ExpertRegistry, bool]:
+    """(the set without the card, the set with it, whether the cards folder already declares it).
+
+    Refused with the fix: a name another card has, a domain that already has an expert, a second fallback.
+    """
     folder = Path(registry.source_dir)
     if card.name in registry.names:
         existing = registry.by_name(card.name)
@@ -264,7 +260,7 @@ def router_posterior(setup: Setup, domain: str, limit: int | None) -> dict[str, 
     return {name: float(p) for name, p in zip(router.experts, probs.mean(axis=0))}
 
 
-def _declare(card: ExpertCard, path: Path, registry: ExpertRegistry, declared: bool) -> Path:
+def declare_card(card: ExpertCard, path: Path, registry: ExpertRegistry, declared: bool) -> Path:
     """Write the card into the cards folder (atomically) unless it is there already; its path there."""
     folder = Path(registry.source_dir)
     target = folder / f"{card.name}.yaml"

@@ -24,7 +24,8 @@ from moe_experts.data.build import add_domains, build_corpora, corpora_dir, corp
 from moe_experts.data.tokenizer import build_token_streams, tokenizer_status, train_tokenizer
 from moe_experts.errors import MissingArtifactError, StaleArtifactError
 from moe_experts.modeling.sanity import SanityReport, run_sanity
-from moe_experts.modeling.stages import Setup, TrainOptions, train_experts, train_generalists, train_seed
+from moe_experts.modeling.generalist import train_generalists
+from moe_experts.modeling.stages import Setup, TrainOptions, train_experts, train_seed
 from moe_experts.routing.kinds import check_options, router_kind
 from moe_experts.workspace import MANIFEST, read_json
 
@@ -65,10 +66,13 @@ def ensure_corpora(setup: Setup, *, force: bool = False, update: bool = True, st
             "current ones",
             hint="run `moe-experts data build` (or `moe-experts quickstart --update`) to rebuild them",
         )
-    if state.state == "partial" and not (force or rebuild):
-        logger.info("corpora: adding %s (new card%s; the built corpora stay as they are)", ", ".join(state.new_domains),
-                    "s" if len(state.new_domains) > 1 else "")
-        add_domains(setup.workspace, setup.registry, setup.preset.data, list(state.new_domains), strict=strict)
+    if state.state in ("partial", "stale") and not state.base_stale and not (force or rebuild):
+        # new cards, or edited cards of domains added after the seed: those alone, against the built rest
+        again = [d for d in state.stale_domains if d not in state.new_domains]
+        logger.info("corpora: %s (the other corpora stay as they are)", "; ".join(
+            part for part in (f"adding {', '.join(state.new_domains)}" if state.new_domains else "",
+                              f"rebuilding {', '.join(again)} (card changed)" if again else "") if part))
+        add_domains(setup.workspace, setup.registry, setup.preset.data, [*state.new_domains, *again], strict=strict)
         return True
     logger.info("corpora: building every domain together (%s)", "forced" if state.state in ("current", "partial") else state.state)
     build_corpora(setup.workspace, setup.registry, setup.preset.data, strict=strict)

@@ -94,7 +94,8 @@ def micro_setup(cards_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def trained_setup(micro_setup):
     """The micro workspace with seed, experts and generalist trained."""
-    from moe_experts.modeling.stages import train_experts, train_generalists, train_seed
+    from moe_experts.modeling.generalist import train_generalists
+    from moe_experts.modeling.stages import train_experts, train_seed
 
     train_seed(micro_setup)
     train_experts(micro_setup)

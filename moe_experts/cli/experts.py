@@ -95,12 +95,12 @@ def _full_rebuild(ctx: click.Context, setup: Any, card: Path, opts: Any, recipe:
     from dataclasses import replace
 
     from moe_experts.config import load_card
-    from moe_experts.lifecycle import _declare, _grown_registry
+    from moe_experts.lifecycle import declare_card, grown_registry
     from moe_experts.pipeline import quickstart
 
     new = load_card(card)
-    _, registry, declared = _grown_registry(setup.registry, new, card)
-    _declare(new, card, registry, declared)
+    _, registry, declared = grown_registry(setup.registry, new, card)
+    declare_card(new, card, registry, declared)
     click.echo(f"full rebuild of {setup.workspace.root} with {', '.join(registry.names)}")
     result = quickstart(replace(setup, registry=registry), opts, strict=strict, recipe=recipe, rebuild=True)
     click.echo("\nstage                  seconds  status")

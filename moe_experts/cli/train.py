@@ -55,7 +55,7 @@ def train_generalist_cmd(ctx: click.Context, resume: bool, restart: bool, force:
     It learns every card's domain and is matched to the tokens the seed and every expert consumed; after
     `moe-experts experts add` this retrains the generalist that had not seen the new domain.
     """
-    from moe_experts.modeling.stages import train_generalists
+    from moe_experts.modeling.generalist import train_generalists
 
     setup = load_setup(ctx)
     # an explicit request: a generalist built for another expert set is retrained, not refused

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,7 @@ class CorporaState:
     state: Literal["missing", "stale", "partial", "current"]
     new_domains: tuple[str, ...] = ()
     stale_domains: tuple[str, ...] = ()
+    base_stale: bool = False  # a domain built with the seed (or the data settings) changed: only a full build helps
 
 
 def base_domains(manifest: dict[str, Any]) -> list[str]:
@@ -138,10 +140,10 @@ def corpora_state(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig)
     stale = tuple(c.domain for c in registry.cards
                   if c.domain in built and cards[c.domain] != card_fingerprint(c, data_cfg))
     if manifest.get("pipeline_version") != PIPELINE_VERSION or manifest.get("data_fingerprint", _data_fp(data_cfg)) != _data_fp(data_cfg):
-        return CorporaState("stale", stale_domains=tuple(registry.domains))
-    if stale:
-        return CorporaState("stale", stale_domains=stale)
+        return CorporaState("stale", stale_domains=tuple(registry.domains), base_stale=True)
     new = tuple(d for d in registry.domains if d not in built)
+    if stale:
+        return CorporaState("stale", new_domains=new, stale_domains=stale, base_stale=any(d in base for d in stale))
     return CorporaState("partial" if new else "current", new_domains=new)
 
 
@@ -304,6 +306,8 @@ def add_domains(
     seconds = round(time.monotonic() - started, 1)
     for draft, splits, stats in built:
         domain = draft.card.domain
+        for streams in sorted((ws.root / "tokens").glob(f"*/{domain}")):  # of an earlier corpus of this domain
+            shutil.rmtree(streams)
         with atomic_dir(corpora_dir(ws) / domain) as tmp:
             out["domains"][domain] = _write_domain(tmp, draft, splits, stats, fingerprint)
         out["cards"][domain] = card_fingerprint(draft.card, data_cfg)

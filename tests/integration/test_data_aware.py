@@ -12,7 +12,8 @@ from moe_experts.config import ValidationConfig
 from moe_experts.data.tokenizer import load_stream, load_tokenizer
 from moe_experts.errors import MissingArtifactError
 from moe_experts.modeling.checkpoints import load_checkpoint
-from moe_experts.modeling.stages import SEED, Setup, TrainOptions, model_manifest, train_experts, train_generalists
+from moe_experts.modeling.generalist import train_generalists
+from moe_experts.modeling.stages import SEED, Setup, TrainOptions, model_manifest, train_experts
 from moe_experts.modeling.validation import bits_per_byte, validation_set
 from moe_experts.workspace import Workspace
 

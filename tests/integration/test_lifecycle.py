@@ -253,7 +253,8 @@ def test_removing_the_fallback_needs_a_new_one(grow):
 
 def test_a_new_card_in_the_folder_is_added_alone_by_the_quickstart_stages(grow):
     from moe_experts.data.build import corpora_state
-    from moe_experts.modeling.stages import train_experts, train_generalists, train_seed
+    from moe_experts.modeling.generalist import train_generalists
+    from moe_experts.modeling.stages import train_experts, train_seed
     from moe_experts.pipeline import ensure_corpora, ensure_tokenizer
 
     setup, _, new_card = grow
@@ -322,3 +323,108 @@ def test_a_pretrained_expert_of_another_architecture_is_served_by_the_document_r
     assert "unix" in router.experts
     refused = check_token_router(grown, True, TokenRouterRecipe())
     assert refused.startswith("not rebuilt") and "GPT2LMHeadModel" in refused
+
+
+def test_the_python_api_grows_and_prunes_the_set(grow):
+    from moe_experts import AddResult, MoE
+
+    setup, recipe, new_card = grow
+    moe = MoE.open(cards=setup.registry.source_dir, preset="micro", workspace=setup.workspace.root)
+    assert moe.route(["SSH(1) User Commands"])[0].expert != "unix"
+    added = moe.add_expert(new_card, doc_router=recipe)
+    assert isinstance(added, AddResult) and moe.experts[-1] == "unix"
+    assert moe.route(["LS(1) User Commands\nNAME ls - list directory contents\n-r, --recursive"])[0].expert == "unix"
+    removed = moe.remove_expert("unix", doc_router=recipe)
+    assert removed.card.exists() and "unix" not in moe.experts
+
+
+def test_cli_refusals_name_the_flag_and_exit_non_zero(grow, tmp_path):
+    from tests.integration.test_cli import run_cli
+
+    setup, _, new_card = grow
+    base = ["--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(setup.workspace.root)]
+    law_source = setup.registry.by_name("law").corpus.sources[0].model_dump(mode="json", exclude_none=True)
+    (tmp_path / "clash").mkdir()
+    clash = write_card(tmp_path / "clash", "legal", [law_source], domain="law")
+    refused = run_cli(*base, "experts", "add", str(clash))
+    assert refused.returncode != 0 and "domain 'law' already has an expert" in refused.stderr and "fix:" in refused.stderr
+    fallback = run_cli(*base, "experts", "remove", "general")
+    assert fallback.returncode != 0 and "--fallback" in fallback.stderr
+    listed = run_cli(*base, "experts", "list")
+    assert listed.returncode == 0 and "general     general     base     trained" in listed.stdout
+
+
+def test_token_router_rebuilt_on_request_with_one_more_expert_per_layer(grow):
+    from moe_experts.lifecycle import add_expert
+    from moe_experts.recipes import TokenRouterRecipe
+    from moe_experts.routing.train_token import token_router_dir
+    from moe_experts.workspace import read_json
+    from tests.integration.test_token_router import FAST
+
+    setup, recipe, new_card = grow
+    token_recipe = TokenRouterRecipe.model_validate({**FAST, "dead_expert_share": 0.0})
+    result = add_expert(setup, new_card, recipe=recipe, token=True, token_recipe=token_recipe)
+    assert result.token_router.startswith("rebuilt with code, general, law, medicine, unix")
+    config = read_json(token_router_dir(setup.workspace.root) / "config.json")
+    assert config["num_local_experts"] == 5
+
+
+def test_train_generalist_after_growth_sees_every_domain_and_matches_every_branch(grow):
+    from moe_experts.lifecycle import add_expert
+    from moe_experts.modeling.generalist import train_generalists
+    from moe_experts.modeling.stages import GENERALIST, TrainOptions, model_manifest
+
+    setup, recipe, new_card = grow
+    old = model_manifest(setup, GENERALIST)
+    add_expert(setup, new_card, recipe=recipe)
+    grown = _reload(setup)
+    assert not train_generalists(grown)[0].trained  # quickstart's call: the old one stays the comparison
+    built = train_generalists(grown, TrainOptions(update=True), domains=grown.registry.domains)[0]
+    assert built.trained and built.manifest["domains"] == grown.registry.domains
+    assert set(built.manifest["matched_to"]) == {"seed", *grown.registry.names}
+    assert sum(built.manifest["matched_to"].values()) > sum(old["matched_to"].values())
+    assert not train_generalists(grown)[0].trained  # and quickstart keeps the new one
+
+
+def test_rebuild_builds_every_corpus_together(grow):
+    from moe_experts.data.build import corpora_state
+    from moe_experts.lifecycle import add_expert
+    from moe_experts.pipeline import ensure_corpora
+    from moe_experts.workspace import read_json
+
+    setup, recipe, new_card = grow
+    add_expert(setup, new_card, recipe=recipe)
+    grown = _reload(setup)
+    top = grown.workspace.root / "corpora" / "moe_experts.json"
+    assert read_json(top)["base_domains"] == ["code", "general", "law", "medicine"]
+    assert not ensure_corpora(grown)
+    assert ensure_corpora(grown, rebuild=True)
+    assert read_json(top)["base_domains"] == grown.registry.domains and read_json(top)["added"] == {}
+    assert corpora_state(grown.workspace, grown.registry, grown.preset.data).state == "current"
+
+
+def test_an_edited_card_of_an_added_domain_rebuilds_that_domain_alone(grow):
+    from moe_experts.data.build import corpora_state
+    from moe_experts.errors import StaleArtifactError
+    from moe_experts.lifecycle import add_expert
+    from moe_experts.modeling.stages import TrainOptions, train_experts
+    from moe_experts.pipeline import ensure_corpora, ensure_tokenizer
+
+    setup, recipe, new_card = grow
+    add_expert(setup, new_card, recipe=recipe)
+    before = _old_files(setup)
+    declared = Path(setup.registry.source_dir) / "unix.yaml"
+    data = yaml.safe_load(declared.read_text())
+    data["corpus"]["sources"][0]["limit"] = 200
+    declared.write_text(yaml.safe_dump(data))
+    edited = _reload(setup)
+    state = corpora_state(edited.workspace, edited.registry, edited.preset.data)
+    assert (state.state, state.stale_domains, state.base_stale) == ("stale", ("unix",), False)
+    with pytest.raises(StaleArtifactError, match="unix"):
+        ensure_corpora(edited, update=False)
+    assert ensure_corpora(edited, update=True)
+    assert corpora_state(edited.workspace, edited.registry, edited.preset.data).state == "current"
+    assert not ensure_tokenizer(edited, update=False)  # its streams are made again with the same tokenizer
+    assert [b.name for b in train_experts(edited, opts=TrainOptions(update=True)) if b.trained] == ["unix"]
+    after = _old_files(setup)
+    assert {k: v for k, v in after.items() if "unix" not in k} == {k: v for k, v in before.items() if "unix" not in k}

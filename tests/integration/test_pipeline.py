@@ -246,7 +246,8 @@ def test_restart_discards_the_interrupted_run(trained_setup, tmp_path):
 
 
 def test_parameter_matched_generalist(trained_setup, tmp_path):
-    from moe_experts.modeling.stages import GENERALIST_PARAMS, Setup, llama_parameters
+    from moe_experts.modeling.flops import llama_parameters
+    from moe_experts.modeling.stages import GENERALIST_PARAMS, Setup
     from moe_experts.workspace import Workspace
 
     root = tmp_path / "ws"

@@ -20,13 +20,17 @@ from moe_experts.errors import ConfigError, UnknownDomainError
 from tests.conftest import REPO, card
 
 SHIPPED_CARDS = sorted((REPO / "experts").glob("*.yaml"))
+EXTRA_CARDS = sorted((REPO / "experts").glob("*/*.yaml"))  # cards to add (`experts add`), not loaded by default
 
 
-def test_repository_ships_the_four_domains():
+def test_repository_ships_the_four_domains_and_extra_cards_to_add():
     assert [p.stem for p in SHIPPED_CARDS] == ["code", "general", "law", "medicine"]
+    assert [p.stem for p in EXTRA_CARDS] == ["unix"]
+    extra = load_card(EXTRA_CARDS[0])
+    assert not extra.fallback and extra.domain not in load_registry(REPO / "experts").domains
 
 
-@pytest.mark.parametrize("path", SHIPPED_CARDS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SHIPPED_CARDS + EXTRA_CARDS, ids=lambda p: p.stem)
 def test_every_shipped_card_validates(path: Path):
     c = load_card(path)
     assert c.name == path.stem

@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralFo
 
 from moe_experts.config import ModelShape, load_preset
 from moe_experts.modeling.flops import llama_parameters, model_size
-from moe_experts.modeling.stages import parameter_matched_shape
+from moe_experts.modeling.generalist import parameter_matched_shape
 
 TINY = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)

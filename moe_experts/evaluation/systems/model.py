@@ -10,7 +10,8 @@ from moe_experts.evaluation.context import EvalContext, Loader, Unavailable, exp
 from moe_experts.evaluation.scoring import DocScores, scores_from_logprobs
 from moe_experts.evaluation.systems.base import LineUpOptions, System
 from moe_experts.modeling.checkpoints import load_checkpoint
-from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, generalist_note, load_expert, tokens_seen
+from moe_experts.modeling.generalist import generalist_note
+from moe_experts.modeling.stages import GENERALIST, GENERALIST_PARAMS, SEED, Setup, load_expert, tokens_seen
 from moe_experts.workspace import MANIFEST
 
 
