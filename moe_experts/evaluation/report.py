@@ -291,16 +291,30 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Table]:
     bpb_a, bpb_b = a["lm"]["bits_per_byte"], b["lm"]["bits_per_byte"]
     systems = [s for s in _systems(b) if s in bpb_a]
     domains = [d for d in b["domains"] if d in a["domains"]]
+    same_set = set(a["domains"]) == set(b["domains"])
+    # after an expert was added or removed, a macro over different domains says nothing: compare the common ones
+    macro = MACRO if same_set else f"macro of {len(domains)}"
     rows = []
     for s in systems:
-        for d in [*domains, MACRO]:
-            va, vb = bpb_a[s].get(d), bpb_b[s].get(d)
+        for d in [*domains, macro]:
+            if d == macro and not same_set:
+                va, vb = (sum(x[s][c] for c in domains) / len(domains) if domains else None for x in (bpb_a, bpb_b))
+            else:
+                va, vb = bpb_a[s].get(d), bpb_b[s].get(d)
             if va is None or vb is None:
                 continue
             rows.append([s, d, _f(va, 4), _f(vb, 4), f"{vb - va:+.4f}", f"{100 * (vb / va - 1):+.2f}%"])
     notes = []
-    if a["settings"].get("max_docs") != b["settings"].get("max_docs") or a["documents"] != b["documents"]:
+    if a["settings"].get("max_docs") != b["settings"].get("max_docs") or any(
+            a["documents"][d] != b["documents"][d] for d in domains):
         notes.append("the two reports scored different test documents; differences mix models and data")
+    if not same_set:
+        only_b = [d for d in b["domains"] if d not in a["domains"]]
+        only_a = [d for d in a["domains"] if d not in b["domains"]]
+        notes.append("the expert set changed (" + "; ".join(
+            part for part in (f"domains only in B: {', '.join(only_b)}" if only_b else "",
+                              f"only in A: {', '.join(only_a)}" if only_a else "") if part)
+            + f"): rows cover the {len(domains)} domains both scored, and `{macro}` is their mean")
     added = [s for s in _systems(b) if s not in bpb_a]
     removed = [s for s in _systems(a) if s not in bpb_b]
     if added:
@@ -314,6 +328,10 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Table]:
         for key in ("accuracy", "macro_f1", "ece", "abstain_rate"):
             va, vb = a["routing"][name][key], b["routing"][name][key]
             rows.append([name, key, _f(va, 4), _f(vb, 4), f"{vb - va:+.4f}" if va is not None and vb is not None else ""])
+        for d in domains:  # each domain's share routed to its own expert: did the old domains hold?
+            va, vb = _domain_accuracy(a["routing"][name], d), _domain_accuracy(b["routing"][name], d)
+            if va is not None and vb is not None:
+                rows.append([name, f"accuracy: {d}", _f(va, 4), _f(vb, 4), f"{vb - va:+.4f}"])
     if rows:
         out.append(Table("Routing", ["system", "metric", "A", "B", "B - A"], rows))
     ta = {(t["name"], t["domain"]): t for t in a["targets"]}
@@ -323,6 +341,14 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Table]:
     if rows:
         out.append(Table("Targets", ["domain", "target", "A", "B", "A result", "B result"], rows))
     return out
+
+
+def _domain_accuracy(routing: dict[str, Any], domain: str) -> float | None:
+    """The share of a domain's test documents routed to its own expert, from a routing section's confusion."""
+    if domain not in routing.get("labels", []) or domain not in routing.get("experts", []):
+        return None
+    row = routing["confusion"][routing["labels"].index(domain)]
+    return row[routing["experts"].index(domain)] / max(1, sum(row))
 
 
 def compare_paths(arg_a: str, arg_b: str, reports_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[Table]]:

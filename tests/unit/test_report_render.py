@@ -304,3 +304,34 @@ def test_write_html_writes_utf8_report_html(report, tables, tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "résumé — naïve ✓" in text
     assert '<meta charset="utf-8">' in text
+
+
+def _mini_report(name: str, domains: list[str], bpb: dict[str, dict[str, float]], confusion: list[list[int]]) -> dict:
+    systems = list(bpb)
+    return {
+        "name": name, "domains": domains, "settings": {"max_docs": 10},
+        "documents": {d: {"documents": 10, "bytes": 1000} for d in domains},
+        "systems": [{"name": s, "kind": "routed" if s == "doc-top1" else "dense", "description": s} for s in systems],
+        "lm": {"bits_per_byte": {s: {**v, "macro": sum(v.values()) / len(v)} for s, v in bpb.items()}},
+        "routing": {"doc-top1": {"accuracy": 0.9, "macro_f1": 0.9, "ece": 0.01, "abstain_rate": 0.0,
+                                 "labels": domains, "experts": domains, "confusion": confusion}},
+        "targets": [],
+    }
+
+
+def test_compare_after_an_expert_was_added_covers_the_common_domains_and_each_ones_routing():
+    from moe_experts.evaluation.report import compare, plain
+
+    a = _mini_report("before", ["code", "law"], {"doc-top1": {"code": 2.0, "law": 3.0}}, [[10, 0], [1, 9]])
+    b = _mini_report("after", ["code", "law", "unix"], {"doc-top1": {"code": 2.0, "law": 3.1, "unix": 9.0}},
+                     [[8, 0, 2], [1, 9, 0], [0, 0, 10]])
+    bpb, routing = compare(a, b)[:2]
+    rows = {(r[0], r[1]): r for r in bpb.rows}
+    assert ("doc-top1", "unix") not in rows and ("doc-top1", "macro") not in rows
+    assert rows[("doc-top1", "macro of 2")][2:5] == ["2.5000", "2.5500", "+0.0500"]  # not 2.5 -> 4.7
+    assert any("domains only in B: unix" in n for n in bpb.notes)
+    assert not any("different test documents" in n for n in bpb.notes)
+    accuracy = {r[1]: r for r in routing.rows}
+    assert accuracy["accuracy: code"][2:] == ["1.0000", "0.8000", "-0.2000"]
+    assert accuracy["accuracy: law"][4] == "+0.0000"
+    assert "macro of 2" in plain(bpb)
