@@ -15,15 +15,8 @@ from moe_experts.data.tokenizer import load_stream, load_tokenizer
 from moe_experts.errors import CheckpointError, StaleArtifactError, TrainingError
 from moe_experts.modeling.checkpoints import load_checkpoint, new_model
 from moe_experts.modeling.sanity import run_sanity, score_texts
-from moe_experts.modeling.stages import (
-    GENERALIST,
-    SEED,
-    TrainOptions,
-    model_manifest,
-    train_experts,
-    train_generalists,
-    train_seed,
-)
+from moe_experts.modeling.generalist import train_generalists
+from moe_experts.modeling.stages import GENERALIST, SEED, TrainOptions, model_manifest, train_experts, train_seed
 from moe_experts.pipeline import quickstart
 
 
