@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moe_experts.config import ExpertCard, ExpertRegistry, load_card
-from moe_experts.data.build import add_domains, corpora_dir, corpora_state, domain_manifest, iter_documents
+from moe_experts.data.build import (
+    add_domains,
+    base_domains,
+    corpora_dir,
+    corpora_state,
+    domain_manifest,
+    iter_documents,
+    upgrade_corpora_manifest,
+)
 from moe_experts.data.tokenizer import build_token_streams, require_tokenizer
 from moe_experts.errors import ConfigError, MissingArtifactError, StaleArtifactError
 from moe_experts.modeling.checkpoints import load_pretrained
@@ -86,12 +94,12 @@ def add_expert(
     expert's FFNs as one more expert per layer (``token_recipe``, None: defaults).
     """
     from moe_experts.pipeline import check_token_router
-    from moe_experts.recipes import DocRouterRecipe, TokenRouterRecipe
+    from moe_experts.recipes import TokenRouterRecipe
     from moe_experts.routing.doc_router import router_dir
     from moe_experts.routing.train_doc import doc_router_status, fit_doc_router
 
     started = time.monotonic()
-    recipe = recipe or DocRouterRecipe()
+    recipe, unsupervised = router_recipe(setup, recipe)
     card = load_card(Path(card_path))
     old, new_registry, declared = grown_registry(setup.registry, card, Path(card_path))
     _require_built(setup, card)
@@ -103,11 +111,22 @@ def add_expert(
     seconds: dict[str, float] = {}
 
     t = time.monotonic()
+    upgrade_corpora_manifest(setup.workspace, old, setup.preset.data)
     state = corpora_state(setup.workspace, new_registry, setup.preset.data)
-    if state.base_stale:
-        raise StaleArtifactError(f"the built corpora of {', '.join(state.stale_domains)} are stale (their cards or the "
-                                 "data settings changed)",
-                                 hint="rebuild first: `moe-experts quickstart --update`, then add the expert")
+    others = [d for d in state.stale_domains if d != card.domain]
+    if state.base_stale and state.stale_domains == (card.domain,):
+        raise StaleArtifactError(
+            f"'{card.domain}' was built with the seed from another version of {card_path}",
+            hint=f"restore the card as it was, or retrain everything with it: `moe-experts experts add {card_path} --rebuild`")
+    if others:
+        raise StaleArtifactError(
+            f"the corpora of {', '.join(others)} are stale (their cards or the data settings changed since they were built)",
+            hint="rebuild them first: `moe-experts quickstart --update`" if state.base_stale else
+                 "rebuild them first: `moe-experts data build` (it rebuilds those domains alone)")
+    if init != "seed" and card.domain in base_domains(read_json(corpora_dir(setup.workspace) / MANIFEST)):
+        logger.warning("%s: its domain was built with the seed, so it branches from the seed as before; `init` %s "
+                       "applies to domains added later", card.name, init)
+        init = "seed"
     if card.domain in (*state.new_domains, *state.stale_domains):  # new, or its card changed since it was added
         add_domains(setup.workspace, new_registry, setup.preset.data, [card.domain], strict=strict)
     else:
@@ -125,15 +144,16 @@ def add_expert(
         branch_init = _branch_init(setup, old, card, init, recipe) if init != "seed" else BranchInit()
         seconds["init"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
-        built = train_experts(grown, [card.domain], opts, init=branch_init)[0]
+        # a stale model of this name (left by an earlier set) is rebuilt: it is not part of the current set
+        built = train_experts(grown, [card.domain], replace(opts, update=True), init=branch_init)[0]
         seconds["expert"] = round(time.monotonic() - t, 1)
         trained, init_record = built.trained, built.manifest.get("init", {"method": "seed"})
 
     t = time.monotonic()
-    status, _ = doc_router_status(grown, recipe)
+    status, _ = doc_router_status(grown, recipe, unsupervised=unsupervised)
     router = None
     if status != "current" or opts.force:
-        router = fit_doc_router(grown, recipe)
+        router = fit_doc_router(grown, recipe, unsupervised=unsupervised)
     seconds["router"] = round(time.monotonic() - t, 1)
 
     # the commit: the card joins the folder, then the refitted router replaces the old one
@@ -211,6 +231,22 @@ def _require_built(setup: Setup, card: ExpertCard) -> None:
         )
 
 
+def router_recipe(setup: Setup, recipe: Any) -> tuple[Any, bool]:
+    """(recipe, unsupervised) for a refit: the one given, else the one the workspace's router was built with (so a
+    custom router is refitted as it was built), else the defaults."""
+    from moe_experts.recipes import DocRouterRecipe
+    from moe_experts.routing.doc_router import ROUTER_JSON, router_dir
+
+    path = router_dir(setup.workspace.root) / ROUTER_JSON
+    built = read_json(path) if path.exists() else {}
+    unsupervised = built.get("mode") == "unsupervised"
+    if recipe is not None:
+        return recipe, unsupervised
+    if built.get("recipe"):
+        return DocRouterRecipe.model_validate(built["recipe"]), unsupervised
+    return DocRouterRecipe(), unsupervised
+
+
 def _weights_ids(setup: Setup, registry: ExpertRegistry) -> dict[str, str]:
     """Each built workspace model's weights hash, as its manifest records it (the seed, experts, generalists)."""
     from moe_experts.modeling.checkpoints import weights_id
@@ -221,7 +257,7 @@ def _weights_ids(setup: Setup, registry: ExpertRegistry) -> dict[str, str]:
 
 def _branch_init(setup: Setup, old: ExpertRegistry, card: ExpertCard, method: InitMethod, recipe: Any) -> BranchInit:
     """BTM's initialisations: weights from the existing document router's posterior on the new domain."""
-    posterior = router_posterior(setup, card.domain, recipe.max_train_documents_per_domain)
+    posterior = router_posterior(setup, card.domain, recipe.max_train_documents_per_domain, expert=card.name)
     starters = {c.name for c in old.starters if (setup.workspace.model_dir(c.name) / MANIFEST).exists()}
     weights = {n: p for n, p in posterior.items() if n in starters}  # never the expert itself (a re-initialisation)
     if not weights:
@@ -235,7 +271,7 @@ def _branch_init(setup: Setup, old: ExpertRegistry, card: ExpertCard, method: In
     return BranchInit("average", weights)
 
 
-def router_posterior(setup: Setup, domain: str, limit: int | None) -> dict[str, float]:
+def router_posterior(setup: Setup, domain: str, limit: int | None, expert: str | None = None) -> dict[str, float]:
     """The mean calibrated posterior of the workspace's document router over ``domain``'s training documents.
 
     The router may have been built for the cards without the new one, or (a re-initialisation) with it.
@@ -249,7 +285,7 @@ def router_posterior(setup: Setup, domain: str, limit: int | None) -> dict[str, 
         raise MissingArtifactError(
             f"`init` average and nearest weigh the existing experts by the document router, which cannot be used: "
             f"{exc.message}", hint="train it first (`moe-experts train-router`), or use `init` seed") from exc
-    unknown = [n for n in router.experts if n not in setup.registry.names and n != domain]
+    unknown = [n for n in router.experts if n not in setup.registry.names and n != (expert or domain)]
     if unknown:
         raise MissingArtifactError(
             f"`init` average and nearest weigh the existing experts by the document router, which routes to "
@@ -298,14 +334,20 @@ def remove_expert(
     token-level MoE now (else it is reported stale).
     """
     from moe_experts.pipeline import check_token_router
-    from moe_experts.recipes import DocRouterRecipe, TokenRouterRecipe
+    from moe_experts.recipes import TokenRouterRecipe
     from moe_experts.routing.doc_router import ROUTER_JSON, router_dir
     from moe_experts.routing.train_doc import fit_doc_router
 
     started = time.monotonic()
     registry = setup.registry
-    card = registry.by_name(name)  # an unknown name lists the known ones
     folder = Path(registry.source_dir)
+    parked = folder / REMOVED / f"{name}.yaml"
+    if name not in registry.names and delete and parked.exists():  # removed earlier, files kept: delete them now
+        card = load_card(parked)
+        return RemoveResult(expert=name, card=parked, fallback=registry.fallback.name, seconds={"total": 0.0},
+                            router=None, token_router="unchanged", deleted=_delete_files(setup, card))
+    card = registry.by_name(name)  # an unknown name lists the known ones
+    upgrade_corpora_manifest(setup.workspace, registry, setup.preset.data)
     remaining = [c for c in registry.cards if c.name != name]
     if len(remaining) < 2:
         raise ConfigError(f"removing '{name}' would leave {len(remaining)} expert; a mixture needs at least two",
@@ -325,12 +367,12 @@ def remove_expert(
         raise ConfigError(f"'{name}' is not the fallback expert ('{registry.fallback.name}' is); `fallback` applies only "
                           "when removing it", hint="drop `fallback`")
     pruned = replace(setup, registry=registry.model_copy(update={"cards": tuple(remaining)}))
-    recipe = recipe or DocRouterRecipe()
+    recipe, unsupervised = router_recipe(setup, recipe)
     seconds: dict[str, float] = {}
 
     t = time.monotonic()
     had_router = (router_dir(setup.workspace.root) / ROUTER_JSON).exists()
-    router = fit_doc_router(pruned, recipe) if had_router else None
+    router = fit_doc_router(pruned, recipe, unsupervised=unsupervised) if had_router else None
     seconds["router"] = round(time.monotonic() - t, 1)
 
     # the commit: the card leaves the folder (the new fallback's card says so), then the router is replaced
@@ -349,26 +391,28 @@ def remove_expert(
 
 
 def _retire_card(card: ExpertCard, folder: Path, fallback: str | None) -> Path:
+    """Move the card to removed/ (and move the fallback): every file is written first, then renamed back to back."""
     source = folder / f"{card.name}.yaml"
     target = folder / REMOVED / f"{card.name}.yaml"
     text = source.read_text(encoding="utf-8")
-    new_fallback = None
+    writes = [(target, set_fallback(text, False) if fallback is not None else text)]
     if fallback is not None:
         fb_path = folder / f"{fallback}.yaml"
-        new_fallback = (fb_path, set_fallback(fb_path.read_text(encoding="utf-8"), True))
-        text = set_fallback(text, False)
+        writes.append((fb_path, set_fallback(fb_path.read_text(encoding="utf-8"), True)))
+    staged = []
     try:
         target.parent.mkdir(exist_ok=True)
-        tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
+        for path, content in writes:
+            tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+            tmp.write_text(content, encoding="utf-8")
+            staged.append((tmp, path))
+        staged[0][0].replace(staged[0][1])
         source.unlink()
-        if new_fallback is not None:
-            fb_path, fb_text = new_fallback
-            tmp = folder / f".tmp-{fb_path.name}-{os.getpid()}"
-            tmp.write_text(fb_text, encoding="utf-8")
-            tmp.replace(fb_path)
+        for tmp, path in staged[1:]:
+            tmp.replace(path)
     except OSError as exc:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot move {source} to {target}: {exc.strerror}", hint="make the cards folder writable") from exc
     return target
 
@@ -404,17 +448,17 @@ def _delete_files(setup: Setup, card: ExpertCard) -> tuple[str, ...]:
              *sorted((ws.root / "tokens").glob(f"*/{card.domain}"))]
     if card.model.kind == "pretrained":
         paths = paths[1:]  # the card's own model is not the workspace's to delete
-    for path in paths:
-        if path.exists():
-            shutil.rmtree(path)
-            gone.append(str(path))
     top = corpora_dir(ws) / MANIFEST
-    if top.exists():
+    if top.exists():  # the manifest first: an interruption then leaves files no manifest points at, never the reverse
         m = read_json(top)
         m.setdefault("base_domains", list(m["domains"]))  # the base stays what it was: history, not data
         for key in ("domains", "cards", "added"):
             (m.get(key) or {}).pop(card.domain, None)
         write_json_atomic(top, m)
+    for path in paths:
+        if path.exists():
+            shutil.rmtree(path)
+            gone.append(str(path))
     dropped = forget_embeddings(setup, doc_ids)
     if dropped:
         gone.append(f"{dropped} cached embeddings")

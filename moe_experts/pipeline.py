@@ -133,11 +133,22 @@ def quickstart(
     _timed(result, "generalist", lambda: train_generalists(setup, opts), lambda bs: any(b.trained for b in bs))
     result.sanity = _timed(result, "sanity check", lambda: run_sanity(setup), lambda r: not r.reused)
     recipe = recipe or DocRouterRecipe()
-    result.router = _timed(result, "document router", lambda: ensure_doc_router(setup, recipe, update=opts.update),
+    # a router built for another expert set (a card added or removed) is refitted: that is not a stale artifact
+    # to protect, but one that no longer applies
+    update = opts.update or doc_router_experts(setup) not in (None, setup.registry.names)
+    result.router = _timed(result, "document router", lambda: ensure_doc_router(setup, recipe, update=update),
                            lambda m: m is not None)
     result.report_dir, result.report, _ = _timed(result, "evaluation report", lambda: ensure_report(setup, evaluation),
                                                  lambda r: r[2])
     return result
+
+
+def doc_router_experts(setup: Setup) -> list[str] | None:
+    """The experts the workspace's document router routes to (None: no router)."""
+    from moe_experts.routing.doc_router import ROUTER_JSON, router_dir
+
+    path = router_dir(setup.workspace.root) / ROUTER_JSON
+    return list(read_json(path).get("experts", [])) if path.exists() else None
 
 
 def ensure_report(setup: Setup, evaluation: Any = None) -> tuple[Path, dict[str, Any], bool]:
@@ -227,6 +238,10 @@ def check_token_router(setup: Setup, rebuild: bool, recipe: Any, opts: TrainOpti
     change = expert_set_change(setup)
     if change is None:
         return f"up to date ({folder})"
+    foreign = [c.name for c in setup.registry.cards if c.model.kind == "pretrained"]
+    if foreign:  # the rebuild would be refused: say why instead of naming it
+        return (f"stale: {change}; it cannot be rebuilt for this set, whose pretrained experts ({', '.join(foreign)}) "
+                "cannot be merged into one sparse MoE; the document router serves them")
     return f"stale: {change}; rebuild it with `moe-experts train-router --kind token --force`"
 
 

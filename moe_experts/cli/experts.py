@@ -16,15 +16,16 @@ def experts() -> None:
 
 
 def _recipes(recipe: Path | None) -> tuple[Any, Any]:
+    """The document router's recipe (None: refit with the one the workspace's router was built with), the token one's."""
     from moe_experts.routing.kinds import router_kind
 
-    doc = router_kind("doc").load_recipe(recipe or repo_file("router_training/doc.yaml"))
+    doc = router_kind("doc").load_recipe(recipe) if recipe is not None else None
     token = router_kind("token").load_recipe(repo_file("router_training/token.yaml"))
     return doc, token
 
 
 _recipe_option = click.option("--recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="YAML",
-                              help="Document-router recipe [default: router_training/doc.yaml, else built-in defaults].")
+                              help="Document-router recipe [default: the one the workspace's router was built with].")
 _token_option = click.option("--token", is_flag=True,
                              help="Also rebuild the token-level MoE now (router_training/token.yaml); by default it is "
                                   "reported stale with the command that rebuilds it.")
@@ -62,7 +63,10 @@ def experts_add(ctx: click.Context, card: Path, init: str, token: bool, rebuild:
     opts = train_options(resume, restart, force)
     doc_recipe, token_recipe = _recipes(recipe)
     if rebuild:
-        _full_rebuild(ctx, setup, card, opts, doc_recipe, strict)
+        from moe_experts.routing.kinds import router_kind
+
+        _full_rebuild(ctx, setup, card, opts, doc_recipe or router_kind("doc").load_recipe(
+            repo_file("router_training/doc.yaml")), strict)
         return
     click.echo(f"adding {card} to {setup.workspace.root} (experts now: {', '.join(setup.registry.names)})")
     r = add_expert(setup, card, init=init, opts=opts, recipe=doc_recipe, token=token, token_recipe=token_recipe,  # type: ignore[arg-type]
@@ -100,9 +104,9 @@ def _full_rebuild(ctx: click.Context, setup: Any, card: Path, opts: Any, recipe:
 
     new = load_card(card)
     _, registry, declared = grown_registry(setup.registry, new, card)
-    declare_card(new, card, registry, declared)
     click.echo(f"full rebuild of {setup.workspace.root} with {', '.join(registry.names)}")
     result = quickstart(replace(setup, registry=registry), opts, strict=strict, recipe=recipe, rebuild=True)
+    declare_card(new, card, registry, declared)  # after the build: a card that fails it stays out of the set
     click.echo("\nstage                  seconds  status")
     for t in result.timings:
         click.echo(f"{t.stage:<22}{t.seconds:>8.1f}  {'built' if t.built else 'reused'}")

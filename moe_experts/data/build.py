@@ -147,6 +147,22 @@ def corpora_state(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig)
     return CorporaState("partial" if new else "current", new_domains=new)
 
 
+def upgrade_corpora_manifest(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfig) -> bool:
+    """Write per-domain card fingerprints into a manifest from before they were recorded, while its cards still
+    check out (before a card is removed, which the old whole-set fingerprint could not tell from an edit)."""
+    path = corpora_dir(ws) / MANIFEST
+    if not path.exists():
+        return False
+    manifest = read_json(path)
+    if "cards" in manifest or corpora_state(ws, registry, data_cfg).state not in ("current", "partial"):
+        return False
+    base = base_domains(manifest)
+    manifest.update(cards={d: card_fingerprint(registry.by_domain(d), data_cfg) for d in base},
+                    base_domains=base, data_fingerprint=_data_fp(data_cfg), added=manifest.get("added") or {})
+    write_json_atomic(path, manifest)
+    return True
+
+
 def _data_fp(data_cfg: DataConfig) -> str:
     return hash_json(_data_settings(data_cfg))
 
@@ -286,7 +302,10 @@ def add_domains(
         splits = _split([new[i - offset][1:] for i in mine if i in kept], data_cfg)
         problems.extend(_size_problems(draft, splits))
         if mine and stats["cross_domain_duplicates"] > DUPLICATE_DOMAIN_SHARE * len(mine):
-            where = ", ".join(f"{d} ({c:,})" for d, c in sorted(stats["duplicates_of"].items(), key=lambda kv: -kv[1]))
+            where = ", ".join(f"{d} ({c:,})" + ("" if d in registry.domains else
+                                                 ": no card declares it, a removed expert's corpus kept on disk "
+                                                 "(`moe-experts experts remove NAME --delete` deletes it)")
+                              for d, c in sorted(stats["duplicates_of"].items(), key=lambda kv: -kv[1]))
             problems.append(
                 f"domain '{draft.card.domain}' repeats an existing domain: {stats['cross_domain_duplicates']:,} of its "
                 f"{len(mine):,} documents are already in {where}; give its card other sources, or extend that "
@@ -410,7 +429,9 @@ def require_corpora(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfi
         raise MissingArtifactError(
             f"the corpora of {', '.join(state.stale_domains)} were built from other cards or data settings "
             "than the current ones",
-            hint="run `moe-experts data build --force` (models trained on the old corpora must be rebuilt too)",
+            hint="run `moe-experts data build --force` (models trained on the old corpora must be rebuilt too)"
+            if state.base_stale else  # domains added after the seed: rebuilt alone
+            "run `moe-experts data build` (it rebuilds those domains alone), or `moe-experts quickstart --update`",
         )
     if state.state == "partial":
         folder = registry.source_dir
@@ -420,6 +441,18 @@ def require_corpora(ws: Workspace, registry: ExpertRegistry, data_cfg: DataConfi
                              for d in state.new_domains) + " (or `moe-experts quickstart`)",
         )
     return read_json(corpora_dir(ws) / MANIFEST)
+
+
+def require_base_corpora(ws: Workspace, manifest: dict[str, Any], what: str) -> list[str]:
+    """The base domains (what the tokenizer and seed learn from), refusing when one's corpus was deleted."""
+    base = base_domains(manifest)
+    gone = [d for d in base if not (corpora_dir(ws) / d / "train.jsonl").exists()]
+    if gone:
+        raise MissingArtifactError(
+            f"{what} learns from the domains built together ({', '.join(base)}), and the corpus of "
+            f"{', '.join(gone)} was deleted (`moe-experts experts remove --delete`)",
+            hint="build everything from the current cards instead: `moe-experts quickstart --rebuild`")
+    return base
 
 
 def iter_documents(ws: Workspace, domain: str, split: Split) -> Iterator[Document]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from moe_experts.config import ExpertRegistry, Preset
-from moe_experts.data.build import base_domains, iter_documents, require_corpora, update_domain_manifest
+from moe_experts.data.build import iter_documents, require_base_corpora, require_corpora, update_domain_manifest
 from moe_experts.data.split import SPLITS, Split
 from moe_experts.errors import MissingArtifactError
 from moe_experts.progress import Progress, bars_enabled
@@ -89,7 +89,8 @@ def train_tokenizer(ws: Workspace, registry: ExpertRegistry, preset: Preset) -> 
         show_progress=bars_enabled(),
     )
     # the base domains (built together): a domain added later is tokenized with this tokenizer, not trained into it
-    texts = list(_training_texts(ws, base_domains(corpora), preset.data.tokenizer_train_chars_per_domain))
+    base = require_base_corpora(ws, corpora, "the tokenizer")
+    texts = list(_training_texts(ws, base, preset.data.tokenizer_train_chars_per_domain))
     logger.info("training a %d-token byte-level BPE on %d documents", preset.vocab_size, len(texts))
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     fast = PreTrainedTokenizerFast(

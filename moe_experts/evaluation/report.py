@@ -345,10 +345,11 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Table]:
 
 def _domain_accuracy(routing: dict[str, Any], domain: str) -> float | None:
     """The share of a domain's test documents routed to its own expert, from a routing section's confusion."""
-    if domain not in routing.get("labels", []) or domain not in routing.get("experts", []):
+    expert = routing.get("expert_of", {}).get(domain, domain)  # older reports: cards named after their domains
+    if domain not in routing.get("labels", []) or expert not in routing.get("experts", []):
         return None
     row = routing["confusion"][routing["labels"].index(domain)]
-    return row[routing["experts"].index(domain)] / max(1, sum(row))
+    return row[routing["experts"].index(expert)] / max(1, sum(row))
 
 
 def compare_paths(arg_a: str, arg_b: str, reports_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[Table]]:

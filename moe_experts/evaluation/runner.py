@@ -295,6 +295,7 @@ def _routing_section(ctx: EvalContext, scores: dict[str, dict[str, DocScores]], 
             regret[d] = _r(scores[ROUTED_TOP1][d].bits_per_byte - scores[ORACLE][d].bits_per_byte, 5)
         regret["macro"] = _r(float(np.mean([regret[d] for d in domains])), 5)
     return {ROUTED_TOP1: {
+        "expert_of": {d: registry.by_domain(d).name for d in domains},  # the row's expected column
         "accuracy": _r(accuracy(y, pred)),
         "classifier_accuracy": _r(accuracy(y, p.argmax(axis=1))),  # before abstaining to the fallback
         "macro_f1": _r(macro_f1(y, pred, len(experts), labels=sorted(set(truth)))),  # the evaluated domains' experts

@@ -75,7 +75,8 @@ def generalist_scope(setup: Setup, data: DataInputs, domains: Sequence[str] | No
             m = read_json(folder / MANIFEST)
             matched = m.get("matched_to") or {}
             same_base = m.get("inputs", {}).get("corpus_hash") == data.corpus_hash  # not from before a full rebuild
-            if same_base and m.get("domains") and matched and all(d in data.domain_hashes for d in m["domains"]):
+            known = all(d in data.domain_hashes or data.is_base(d) for d in m["domains"] or [])  # a deleted base corpus too
+            if same_base and m.get("domains") and matched and known:
                 return GeneralistScope(tuple(m["domains"]), tuple(matched), {k: int(v) for k, v in matched.items()})
         domains = [d for d in setup.registry.domains if data.is_base(d)]
     starters = [c.name for c in setup.registry.starters if c.domain in domains]

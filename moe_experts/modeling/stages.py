@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from moe_experts.config import ExpertCard, ExpertRegistry, PhaseConfig, Preset
-from moe_experts.data.build import base_domains, require_corpora
+from moe_experts.data.build import base_domains, require_base_corpora, require_corpora
 from moe_experts.data.tokenizer import load_stream, load_tokenizer, require_tokenizer
 from moe_experts.modeling.checkpoints import (
     LoadedModel,
@@ -224,7 +224,8 @@ def train_seed(setup: Setup, opts: TrainOptions = TrainOptions()) -> Built:
     def build() -> dict[str, Any]:
         tokenizer = load_tokenizer(setup.workspace.tokenizer_dir)
         model = new_model(setup.preset, tokenizer, seed=setup.preset.seed)
-        domains = list(data.base_domains)  # what the tokenizer learned from; experts added later branch from it
+        # what the tokenizer learned from; experts added later branch from it
+        domains = require_base_corpora(setup.workspace, read_json(setup.workspace.corpora_dir / MANIFEST), "the seed")
         return _train_and_save(
             setup, SEED, model, tokenizer, data, domains, setup.preset.seed_phase, inputs, opts,
             {"role": "seed", "domains": domains},

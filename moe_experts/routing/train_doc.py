@@ -76,7 +76,13 @@ def embed_cached(setup: Setup, embedder: Embedder, ids: list[str], texts: list[s
     vectors = np.zeros((0, embedder.dim), dtype=np.float32)
     if path.exists() and (folder / "ids.json").exists():
         vectors = np.load(path, allow_pickle=False)
-        cached = {doc_id: i for i, doc_id in enumerate(json.loads((folder / "ids.json").read_text()))}
+        ids_cached = json.loads((folder / "ids.json").read_text())
+        if len(ids_cached) == len(vectors):
+            cached = {doc_id: i for i, doc_id in enumerate(ids_cached)}
+        else:  # a rewrite was interrupted between its two files: the rows no longer match their ids
+            logger.warning("embedding cache %s is inconsistent (%d ids, %d vectors); embedding afresh", folder,
+                           len(ids_cached), len(vectors))
+            vectors = np.zeros((0, embedder.dim), dtype=np.float32)
     missing = [i for i, doc_id in enumerate(ids) if doc_id not in cached]
     if missing:
         logger.info("embedding %d documents (%d reused from %s)", len(missing), len(ids) - len(missing), folder)

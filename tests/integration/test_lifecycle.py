@@ -251,23 +251,43 @@ def test_removing_the_fallback_needs_a_new_one(grow):
     assert "general" not in json.loads((setup.workspace.root / "corpora" / "moe_experts.json").read_text())["domains"]
 
 
-def test_a_new_card_in_the_folder_is_added_alone_by_the_quickstart_stages(grow):
+def test_a_new_card_in_the_folder_is_added_alone_by_quickstart(grow):
     from moe_experts.data.build import corpora_state
-    from moe_experts.modeling.generalist import train_generalists
-    from moe_experts.modeling.stages import train_experts, train_seed
-    from moe_experts.pipeline import ensure_corpora, ensure_tokenizer
+    from moe_experts.evaluation.options import EvalOptions
+    from moe_experts.modeling.stages import TrainOptions
+    from moe_experts.pipeline import quickstart
 
-    setup, _, new_card = grow
+    setup, recipe, new_card = grow
     before = _old_files(setup)
     shutil.copy(new_card, Path(setup.registry.source_dir) / "unix.yaml")
     grown = _reload(setup)
     assert corpora_state(grown.workspace, grown.registry, grown.preset.data).new_domains == ("unix",)
-    assert ensure_corpora(grown, update=False)  # adds unix alone; update=False: nothing stale
-    assert not ensure_tokenizer(grown, update=False)  # the tokenizer is frozen
-    assert not train_seed(grown).trained
-    assert [b.name for b in train_experts(grown) if b.trained] == ["unix"]
-    assert not any(b.trained for b in train_generalists(grown))  # the old generalist stays the comparison
+    result = quickstart(grown, TrainOptions(), recipe=recipe,
+                        evaluation=EvalOptions(max_docs=2, suites=False, speed_prompts=0, latency_requests=0))
+    built = {t.stage for t in result.timings if t.built}
+    # no --update needed: the tokenizer, seed, the four experts and the generalist are reused as they are
+    assert built == {"corpora", "expert unix", "sanity check", "document router", "evaluation report"}
+    assert result.router is not None and result.router["experts"][-1] == "unix"
     assert {k: v for k, v in _old_files(setup).items() if k in before} == before
+
+
+def test_an_older_workspace_can_remove_an_expert_and_delete_it_later(grow):
+    from moe_experts.data.build import corpora_state
+    from moe_experts.lifecycle import remove_expert
+    from moe_experts.workspace import read_json, write_json_atomic
+
+    setup, recipe, _ = grow
+    top = setup.workspace.root / "corpora" / "moe_experts.json"
+    legacy = {k: v for k, v in read_json(top).items() if k not in ("cards", "base_domains", "data_fingerprint", "added")}
+    write_json_atomic(top, legacy)  # as written before per-domain card fingerprints
+    assert corpora_state(setup.workspace, setup.registry, setup.preset.data).state == "current"
+    remove_expert(setup, "law", recipe=recipe)
+    pruned = _reload(setup)
+    assert corpora_state(pruned.workspace, pruned.registry, pruned.preset.data).state == "current"
+    assert pruned.workspace.model_dir("law").exists()
+    later = remove_expert(pruned, "law", delete=True)  # its card waits in removed/: delete its files now
+    assert later.deleted and not pruned.workspace.model_dir("law").exists()
+    assert corpora_state(pruned.workspace, pruned.registry, pruned.preset.data).state == "current"
 
 
 def test_the_token_router_is_marked_stale_when_the_set_changes(grow):
