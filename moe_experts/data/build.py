@@ -376,7 +376,7 @@ def _size_problems(draft: _DomainDraft, splits: dict[Split, list[Document]]) -> 
     if n_docs < spec.min_documents or n_chars < spec.min_characters:
         problems.append(
             f"domain '{card.domain}' has {n_docs} documents / {n_chars} characters, "
-            f"under its minimum of {spec.min_documents} / {spec.min_characters} (experts/{card.name}.yaml)"
+            f"under its minimum of {spec.min_documents} / {spec.min_characters} (card '{card.name}': corpus.min_documents / min_characters)"
         )
         problems.extend(f"    because {r.error}" for r in draft.sources if not r.available)
     elif empty := [s for s in SPLITS if not splits[s]]:
