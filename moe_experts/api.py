@@ -166,7 +166,12 @@ class MoE:
             self._doc_router = None  # a retrained router is loaded afresh
         manifest = result.manifest
         if manifest is None:
-            manifest = read_json(result.folder / ("router.json" if kind == "doc" else MANIFEST))
+            if kind == "doc":
+                from moe_experts.routing.doc_router import router_manifest
+
+                manifest = router_manifest(result.folder)
+            else:
+                manifest = read_json(result.folder / MANIFEST)
         return RouterInfo(kind, result.folder, result.trained, manifest)
 
     # ------------------------------------------------------------------ growing and pruning

@@ -95,7 +95,7 @@ def add_expert(
     """
     from moe_experts.pipeline import check_token_router
     from moe_experts.recipes import TokenRouterRecipe
-    from moe_experts.routing.doc_router import router_dir
+    from moe_experts.routing.doc_router import router_dir, router_manifest
     from moe_experts.routing.train_doc import doc_router_status, fit_doc_router
 
     started = time.monotonic()
@@ -160,7 +160,8 @@ def add_expert(
     target = declare_card(card, Path(card_path), new_registry, declared)
     if router is not None:
         router.save(router_dir(setup.workspace.root))
-    manifest = read_json(router_dir(setup.workspace.root) / "router.json")
+    manifest = router_manifest(router_dir(setup.workspace.root))
+    assert manifest is not None
 
     t = time.monotonic()
     token_state = check_token_router(grown, token, token_recipe or TokenRouterRecipe(), opts)
@@ -235,10 +236,9 @@ def router_recipe(setup: Setup, recipe: Any) -> tuple[Any, bool]:
     """(recipe, unsupervised) for a refit: the one given, else the one the workspace's router was built with (so a
     custom router is refitted as it was built), else the defaults."""
     from moe_experts.recipes import DocRouterRecipe
-    from moe_experts.routing.doc_router import ROUTER_JSON, router_dir
+    from moe_experts.routing.doc_router import router_dir, router_manifest
 
-    path = router_dir(setup.workspace.root) / ROUTER_JSON
-    built = read_json(path) if path.exists() else {}
+    built = router_manifest(router_dir(setup.workspace.root)) or {}
     unsupervised = built.get("mode") == "unsupervised"
     if recipe is not None:
         return recipe, unsupervised
@@ -335,7 +335,7 @@ def remove_expert(
     """
     from moe_experts.pipeline import check_token_router
     from moe_experts.recipes import TokenRouterRecipe
-    from moe_experts.routing.doc_router import ROUTER_JSON, router_dir
+    from moe_experts.routing.doc_router import router_dir, router_manifest
     from moe_experts.routing.train_doc import fit_doc_router
 
     started = time.monotonic()
@@ -371,7 +371,7 @@ def remove_expert(
     seconds: dict[str, float] = {}
 
     t = time.monotonic()
-    had_router = (router_dir(setup.workspace.root) / ROUTER_JSON).exists()
+    had_router = router_manifest(router_dir(setup.workspace.root)) is not None
     router = fit_doc_router(pruned, recipe, unsupervised=unsupervised) if had_router else None
     seconds["router"] = round(time.monotonic() - t, 1)
 

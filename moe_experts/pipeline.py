@@ -145,10 +145,10 @@ def quickstart(
 
 def doc_router_experts(setup: Setup) -> list[str] | None:
     """The experts the workspace's document router routes to (None: no router)."""
-    from moe_experts.routing.doc_router import ROUTER_JSON, router_dir
+    from moe_experts.routing.doc_router import router_dir, router_manifest
 
-    path = router_dir(setup.workspace.root) / ROUTER_JSON
-    return list(read_json(path).get("experts", [])) if path.exists() else None
+    manifest = router_manifest(router_dir(setup.workspace.root))
+    return None if manifest is None else list(manifest.get("experts", []))
 
 
 def ensure_report(setup: Setup, evaluation: Any = None) -> tuple[Path, dict[str, Any], bool]:

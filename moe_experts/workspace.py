@@ -252,6 +252,58 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------------- verification at load
+
+VERIFY_ENV = "MOE_EXPERTS_VERIFY"  # "full" (default): every file's SHA-256; "size": byte counts only (fast path)
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> digest checked in this process
+
+
+def verify_mode() -> str:
+    mode = os.environ.get(VERIFY_ENV, "full").strip().lower() or "full"
+    if mode not in ("full", "size"):
+        raise WorkspaceError(f"{VERIFY_ENV}={mode!r} is not a verification mode",
+                             hint=f"set {VERIFY_ENV} to full (every file's SHA-256, the default) or size (byte counts only)")
+    return mode
+
+
+def file_records(folder: Path, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """{name: {"sha256", "bytes"}} of ``names`` in ``folder`` (default: every file but the build manifest)."""
+    if names is None:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith(TMP_PREFIX))
+    out = {}
+    for name in names:
+        path = folder / name
+        out[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return out
+
+
+def verify_files(folder: Path, records: dict[str, dict[str, Any]], *, what: str, hint: str) -> None:
+    """Refuse ``folder`` when a recorded file is missing, of another size, or (mode ``full``) of another SHA-256.
+
+    A file whose digest was checked earlier in this process, and whose size, time and inode have not
+    changed since, is not hashed again.
+    """
+    from moe_experts.errors import CheckpointError
+
+    mode = verify_mode()
+    for name, rec in records.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{what} is incomplete: {name} is missing ({path})", hint=hint)
+        st = path.stat()
+        if st.st_size != rec["bytes"]:
+            raise CheckpointError(f"{what} is corrupted: {name} has {st.st_size:,} bytes where {rec['bytes']:,} were "
+                                  f"written ({path})", hint=hint)
+        if mode == "size":
+            continue
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        digest = _VERIFIED.get(key) or sha256_file(path)
+        if digest != rec["sha256"]:
+            raise CheckpointError(f"{what} is corrupted: {name} does not match the SHA-256 recorded when it was "
+                                  f"written ({path})", hint=hint)
+        _VERIFIED[key] = digest
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages an artifact's content depends on."""
     import importlib.metadata

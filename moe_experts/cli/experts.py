@@ -154,7 +154,7 @@ def experts_remove(ctx: click.Context, name: str, fallback: str | None, delete: 
 def experts_list(ctx: click.Context) -> None:
     """The expert set: each card, whether its domain was built with the seed or added later, and its state."""
     from moe_experts.data.build import base_domains, corpora_dir
-    from moe_experts.routing.doc_router import ROUTER_JSON, router_dir
+    from moe_experts.routing.doc_router import router_dir, router_manifest
     from moe_experts.workspace import MANIFEST, read_json
 
     setup = load_setup(ctx)
@@ -162,8 +162,7 @@ def experts_list(ctx: click.Context) -> None:
     top = corpora_dir(ws) / MANIFEST
     manifest = read_json(top) if top.exists() else {"domains": {}}
     base = base_domains(manifest) if manifest["domains"] else []
-    router_path = router_dir(ws.root) / ROUTER_JSON
-    routed = read_json(router_path)["experts"] if router_path.exists() else []
+    routed = (router_manifest(router_dir(ws.root)) or {}).get("experts", [])
     click.echo(f"{'expert':<12}{'domain':<12}{'origin':<9}{'model':<28}{'routed':<7}")
     for c in setup.registry.cards:
         origin = "base" if c.domain in base else ("added" if c.domain in manifest["domains"] else "new")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_experts.errors import MoeExpertsError
+from moe_experts.errors import CheckpointError, MoeExpertsError
 from moe_experts.evaluation.scoring import count_windows, token_logprobs
 from moe_experts.modeling.checkpoints import LoadedModel
 from moe_experts.modeling.flops import model_size
@@ -235,17 +235,19 @@ class EvalContext:
     # ------------------------------------------------------------------ document router
     def router(self) -> Any:
         """The workspace's document router, or raises the reason it cannot be used."""
-        from moe_experts.routing.doc_router import DocRouter, router_dir
+        from moe_experts.routing.doc_router import DocRouter, router_dir, router_manifest
 
         if self._router is None and self._router_error is None:
             folder = router_dir(self.setup.workspace.root)
-            if not (folder / "router.json").exists():
+            if router_manifest(folder) is None:
                 self._router_error = Unavailable(
                     "no document router in the workspace", "build it with `moe-experts train-router`"
                 )
             else:
                 try:
                     self._router = DocRouter.load(folder, self.setup.registry)
+                except CheckpointError:
+                    raise  # a corrupted router is refused loudly, never skipped as if it were merely missing
                 except MoeExpertsError as exc:
                     self._router_error = Unavailable(f"the document router cannot be used: {exc.message}",
                                                      exc.hint or "retrain it with `moe-experts train-router --force`")

@@ -1,13 +1,21 @@
 """The document-level router: embed a request, search the FAISS index, give a calibrated posterior.
 
-Artifact ``routers/doc/`` (written by ``routing.train_doc``):
+Artifact ``routers/doc/`` (written by ``routing.train_doc``), published as one unit::
 
-    router.json             manifest: embedder id + weights hash, expert set, corpus
-                            hashes, method, calibration, thresholds, validation metrics, versions
-    index.faiss             the embedded training documents
-    classifier.safetensors  logistic-regression weights, document labels, centroids,
-                            isotonic maps (plain arrays; no pickle)
-    documents.jsonl         id, domain and opening of every indexed document (for --explain)
+    CURRENT                 the name of the live version (replaced atomically)
+    v-<stamp>/              one version:
+      router.json             manifest: embedder id + weights hash, expert set, corpus hashes, method,
+                              calibration, thresholds, validation metrics, versions, and every file's
+                              SHA-256 and size
+      index.faiss             the embedded training documents
+      classifier.safetensors  logistic-regression weights, document labels, centroids,
+                              isotonic maps (plain arrays; no pickle)
+      documents.jsonl         id, domain and opening of every indexed document (for --explain)
+
+A save writes a new version folder, then points CURRENT at it; the previous version stays for readers
+that are still loading it. A reader resolves CURRENT once and reads that version's files, each checked
+against its hash, so it sees a complete old router or a complete new one, never a mix. (A router saved
+before versions existed, with its files directly in the folder, is still read.)
 
 Loading refuses a router built for another expert set, embedder or corpus, and
 says what differs.
@@ -17,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -38,15 +48,18 @@ from moe_experts.routing.classifier import (
 )
 from moe_experts.routing.doc_fit import FORMAT_VERSION, FittedRouter, Split, fit_router
 from moe_experts.routing.embedder import Embedder, resolve_embedder, weights_hash
-from moe_experts.routing.index import IndexInfo, VectorIndex
-from moe_experts.workspace import Workspace, atomic_dir, read_json, write_json_atomic
+from moe_experts.routing.index import INDEX_FILE, IndexInfo, VectorIndex
+from moe_experts.workspace import TMP_PREFIX, Workspace, file_records, verify_files, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 ROUTER_JSON = "router.json"
 TENSORS = "classifier.safetensors"
 DOCUMENTS = "documents.jsonl"
+CURRENT = "CURRENT"  # names the live version folder
+KEEP_VERSIONS = 2  # the live one and the one before it, which a slow reader may still be opening
 EXPLAIN_NEIGHBOURS = 5
+RETRAIN = "retrain it: `moe-experts train-router --force`"
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,30 @@ class RoutingDecision:
 
 def router_dir(workspace_root: Path) -> Path:
     return Workspace(workspace_root).router_dir("doc")
+
+
+def live_dir(folder: Path) -> Path:
+    """The folder holding the live router's files: the version CURRENT names (or ``folder`` itself, for a router
+    saved before versions existed, or none)."""
+    pointer = folder / CURRENT
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return folder
+    if not name or "/" in name or name.startswith("."):
+        raise CheckpointError(f"{pointer} is corrupted (it names {name!r}, not a version folder)", hint=RETRAIN)
+    return folder / name
+
+
+def router_manifest(folder: Path) -> dict[str, Any] | None:
+    """The live router's router.json (None: no router in ``folder``)."""
+    path = live_dir(folder) / ROUTER_JSON
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is unreadable or corrupted: {exc}", hint=RETRAIN) from exc
 
 
 class DocRouter:
@@ -283,21 +320,34 @@ class DocRouter:
         return {"positive": f"{n_pos_ok}/{n_pos}", "negative": f"{n_neg_ok}/{n_neg}", "misrouted": wrong}
 
     def save(self, folder: Path) -> None:
-        """Write the router (index, classifier, documents, router.json) into ``folder`` atomically."""
+        """Publish the router in ``folder``: write a new version folder, then point CURRENT at it (one rename)."""
         from safetensors.numpy import save_file
 
         if self._documents is None:
             assert self.folder is not None
             with (self.folder / DOCUMENTS).open(encoding="utf-8") as f:
                 self._documents = [json.loads(line) for line in f]
-        with atomic_dir(folder) as tmp:
+        folder.mkdir(parents=True, exist_ok=True)
+        version = f"v-{time.time_ns():020d}-{os.getpid()}"  # sorts by when it was written
+        tmp = folder / f"{TMP_PREFIX}{version}"
+        tmp.mkdir()
+        try:
             self.index.save(tmp)
             save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp / TENSORS))
             with (tmp / DOCUMENTS).open("w", encoding="utf-8") as f:
                 for doc in self._documents:
                     f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            self.manifest["files"] = file_records(tmp, [INDEX_FILE, TENSORS, DOCUMENTS])
             write_json_atomic(tmp / ROUTER_JSON, self.manifest)
-        self.folder = folder
+            tmp.rename(folder / version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        pointer = folder / f"{TMP_PREFIX}{CURRENT}-{os.getpid()}"
+        pointer.write_text(version + "\n", encoding="utf-8")
+        os.replace(pointer, folder / CURRENT)  # the publication: readers now resolve the new version
+        self.folder = folder / version
+        _prune_versions(folder, version)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -306,6 +356,21 @@ class DocRouter:
         check_embedder: bool = True,
     ) -> DocRouter:
         """Load a saved router; refuse one built for another expert set (``registry``), embedder or corpus."""
+        for attempt in range(3):
+            live = live_dir(folder)
+            try:
+                return cls._load_version(live, registry, corpus_hashes, check_embedder=check_embedder)
+            except (CheckpointError, MissingArtifactError):
+                # a save published a new version and pruned this one while we read it: read the new one
+                if attempt == 2 or live_dir(folder) == live:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_version(
+        cls, folder: Path, registry: ExpertRegistry | None, corpus_hashes: dict[str, Any] | None, *,
+        check_embedder: bool,
+    ) -> DocRouter:
         from safetensors.numpy import load_file
 
         path = folder / ROUTER_JSON
@@ -313,7 +378,12 @@ class DocRouter:
             raise MissingArtifactError(
                 f"no document router in {folder}", hint="run `moe-experts train-router` (or `moe-experts quickstart`)"
             )
-        manifest = read_json(path)
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is unreadable or corrupted: {exc}", hint=RETRAIN) from exc
+        if "files" in manifest:  # every file this load reads, against the hashes written with it
+            verify_files(folder, manifest["files"], what=f"the document router in {folder}", hint=RETRAIN)
         if manifest.get("format_version") != FORMAT_VERSION:
             raise StaleArtifactError(
                 f"{path} has format version {manifest.get('format_version')}, this moe-experts reads {FORMAT_VERSION}",
@@ -338,6 +408,16 @@ class DocRouter:
             iso_y=tuple(tensors[f"iso_y_{c}"] for c in range(n)) if cal["kind"] == "isotonic" else (),
         )
         return cls(manifest, index, tensors, calibrator, folder)
+
+
+def _prune_versions(folder: Path, live: str) -> None:
+    """Delete versions older than the last ``KEEP_VERSIONS`` (and the files of a router saved before versions)."""
+    versions = sorted(p.name for p in folder.glob("v-*") if p.is_dir())
+    for old in versions[: max(0, len(versions) - KEEP_VERSIONS)]:
+        if old != live:
+            shutil.rmtree(folder / old, ignore_errors=True)
+    for name in (ROUTER_JSON, TENSORS, DOCUMENTS, INDEX_FILE):
+        (folder / name).unlink(missing_ok=True)
 
 
 def check_compatible(

@@ -34,9 +34,9 @@ from moe_experts.errors import DataError, StaleArtifactError
 from moe_experts.modeling.stages import Setup
 from moe_experts.progress import Progress
 from moe_experts.routing.doc_fit import FORMAT_VERSION, Split, fit_router
-from moe_experts.routing.doc_router import ROUTER_JSON, DocRouter, check_compatible, router_dir
+from moe_experts.routing.doc_router import DocRouter, check_compatible, router_dir, router_manifest
 from moe_experts.routing.embedder import Embedder
-from moe_experts.workspace import read_json, write_json_atomic
+from moe_experts.workspace import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +176,9 @@ def _card_examples(setup: Setup) -> list[tuple[str, str, bool]]:
 
 def doc_router_status(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False) -> tuple[str, list[str]]:
     """("missing" | "current" | "stale", what differs) of ``routers/doc`` against the workspace and recipe."""
-    path = router_dir(setup.workspace.root) / ROUTER_JSON
-    if not path.exists():
+    manifest = router_manifest(router_dir(setup.workspace.root))
+    if manifest is None:
         return "missing", []
-    manifest = read_json(path)
     diffs = []
     if manifest.get("format_version") != FORMAT_VERSION:
         diffs.append(f"format version {manifest.get('format_version')} (now {FORMAT_VERSION})")

@@ -125,7 +125,10 @@ def test_quickstart_end_to_end(cli_workspace):
         assert (ws / "models" / name / "model.safetensors").exists()
         assert (ws / "models" / name / "tokenizer.json").exists()
     assert (ws / "reports" / "sanity" / "sanity.json").exists()
-    assert (ws / "routers" / "doc" / "router.json").exists() and (ws / "routers" / "doc" / "index.faiss").exists()
+    from moe_experts.routing.doc_router import live_dir
+
+    live = live_dir(ws / "routers" / "doc")
+    assert (live / "router.json").exists() and (live / "index.faiss").exists()
     reports = [p.parent for p in (ws / "reports").glob("*/report.json")]
     assert len(reports) == 1 and (reports[0] / "report.html").exists()  # quickstart ends with the report
     assert not list(ws.rglob(".tmp-*"))  # nothing half-written

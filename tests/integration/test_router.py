@@ -14,7 +14,7 @@ import yaml
 from moe_experts.config import load_registry
 from moe_experts.recipes import DocRouterRecipe, load_recipe
 from moe_experts.errors import MissingArtifactError, StaleArtifactError
-from moe_experts.routing.doc_router import DocRouter, router_dir
+from moe_experts.routing.doc_router import DocRouter, live_dir, router_dir
 from tests.conftest import REPO
 from tests.integration.test_cli import run_cli
 
@@ -47,7 +47,10 @@ def test_shipped_recipe_validates():
 def test_artifact_and_manifest(routed):
     setup, manifest, _ = routed
     folder = router_dir(setup.workspace.root)
-    assert {p.name for p in folder.iterdir()} == {"router.json", "index.faiss", "classifier.safetensors", "documents.jsonl"}
+    live = live_dir(folder)  # published as one version folder named by CURRENT
+    assert {p.name for p in folder.iterdir()} == {"CURRENT", live.name}
+    assert {p.name for p in live.iterdir()} == {"router.json", "index.faiss", "classifier.safetensors", "documents.jsonl"}
+    assert set(manifest["files"]) == {"index.faiss", "classifier.safetensors", "documents.jsonl"}
     assert manifest["experts"] == setup.registry.names and manifest["fallback"] == "general"
     assert manifest["embedder"]["sha256"] and manifest["embedder"]["dim"] == 384
     assert manifest["index"]["kind"] == "flat" and manifest["index"]["size"] == manifest["documents"]["train"]
@@ -111,9 +114,9 @@ def test_refuses_another_embedder(routed, tmp_path: Path):
     setup, _, _ = routed
     copy = tmp_path / "doc"
     shutil.copytree(router_dir(setup.workspace.root), copy)
-    manifest = json.loads((copy / "router.json").read_text())
+    manifest = json.loads((live_dir(copy) / "router.json").read_text())
     manifest["embedder"]["sha256"] = "0" * 64
-    (copy / "router.json").write_text(json.dumps(manifest))
+    (live_dir(copy) / "router.json").write_text(json.dumps(manifest))
     with pytest.raises(StaleArtifactError, match="embedder: router was built with"):
         DocRouter.load(copy, setup.registry)
 

@@ -1,0 +1,90 @@
+"""Artifacts verified at load, and a router swap that readers never see half-done (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from moe_experts.errors import CheckpointError
+from moe_experts.routing.doc_router import DocRouter, live_dir, router_dir
+
+
+def _flip(path: Path, at: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * at)
+    data[i] ^= 0x01  # one bit of one byte: the size stays, only the hash can tell
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def router_copy(routed, tmp_path):
+    setup, _, _ = routed
+    copy = tmp_path / "doc"
+    shutil.copytree(router_dir(setup.workspace.root), copy)
+    return setup, copy
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "classifier.safetensors", "documents.jsonl"])
+def test_one_flipped_byte_in_any_router_file_is_refused_naming_it(router_copy, name):
+    setup, copy = router_copy
+    _flip(live_dir(copy) / name)
+    with pytest.raises(CheckpointError, match=f"{name} does not match the SHA-256") as info:
+        DocRouter.load(copy, setup.registry, check_embedder=False)
+    assert "train-router --force" in info.value.hint
+
+
+def test_a_garbage_router_manifest_is_a_corrupted_checkpoint(router_copy):
+    setup, copy = router_copy
+    (live_dir(copy) / "router.json").write_text('{"experts": [')
+    with pytest.raises(CheckpointError, match="router.json is unreadable or corrupted"):
+        DocRouter.load(copy, setup.registry, check_embedder=False)
+
+
+def test_the_size_fast_path_checks_sizes_only(router_copy, monkeypatch):
+    setup, copy = router_copy
+    _flip(live_dir(copy) / "documents.jsonl")
+    monkeypatch.setenv("MOE_EXPERTS_VERIFY", "size")
+    DocRouter.load(copy, setup.registry, check_embedder=False)  # a same-size change passes the fast path
+    with (live_dir(copy) / "documents.jsonl").open("a") as f:
+        f.write("\n")
+    with pytest.raises(CheckpointError, match="bytes where"):
+        DocRouter.load(copy, setup.registry, check_embedder=False)
+    monkeypatch.setenv("MOE_EXPERTS_VERIFY", "fast")
+    with pytest.raises(Exception, match="MOE_EXPERTS_VERIFY"):
+        DocRouter.load(copy, setup.registry, check_embedder=False)
+
+
+def test_readers_see_a_whole_router_while_it_is_published_again_and_again(router_copy):
+    setup, copy = router_copy
+    router = DocRouter.load(copy, setup.registry, check_embedder=False)
+    failures: list[str] = []
+    loads = 0
+    done = threading.Event()
+
+    def read() -> None:
+        nonlocal loads
+        while not done.is_set():
+            try:
+                DocRouter.load(copy, setup.registry, check_embedder=False)
+            except Exception as exc:  # noqa: BLE001 - any failure is what this test counts
+                failures.append(f"{type(exc).__name__}: {exc}")
+            loads += 1
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for _ in range(25):
+            router.save(copy)
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    assert loads > 25 and failures == []
+    versions = [p for p in copy.iterdir() if p.name.startswith("v-")]
+    assert len(versions) == 2 and live_dir(copy) in versions  # the live one and the one before it
+    assert json.loads((live_dir(copy) / "router.json").read_text())["experts"] == setup.registry.names
