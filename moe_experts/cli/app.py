@@ -85,7 +85,10 @@ for _command in (quickstart, cards, experts, data, train, sanity, train_router, 
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        # without standalone mode click returns a command's ``ctx.exit(code)`` instead of exiting with it
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
