@@ -99,6 +99,15 @@ def ensure_tokenizer(setup: Setup, *, force: bool = False, update: bool = True) 
     return built
 
 
+def report_leftovers(ws: Any) -> list[Path]:
+    """Remove what interrupted runs left in the workspace, saying what (every command that writes starts here)."""
+    removed = ws.clean_stale_temporaries()
+    if removed:
+        logger.warning("removed %d temporary item(s) left by interrupted runs: %s", len(removed),
+                       ", ".join(str(p.relative_to(ws.root)) for p in removed))
+    return removed
+
+
 def _timed(result: QuickstartResult, stage: str, fn: Callable[[], Any], built: Callable[[Any], bool]) -> Any:
     started = time.monotonic()
     out = fn()
@@ -117,9 +126,7 @@ def quickstart(
     ``rebuild``: build the corpora of every card together and retrain everything from them instead.
     ``evaluation`` is the ``EvalOptions`` of the final report (None: the evaluator's defaults).
     """
-    removed = setup.workspace.clean_stale_temporaries()
-    if removed:
-        logger.info("removed %d temporary folder(s) left by an interrupted build", removed)
+    report_leftovers(setup.workspace)
     result = QuickstartResult()
     flag: Callable[[bool], bool] = bool
     if rebuild:
@@ -298,20 +305,22 @@ class EvalResult:
     report: dict[str, Any]  # what report.json holds
 
 
-def evaluate(setup: Setup, opts: Any, name: str | None = None) -> EvalResult:
+def evaluate(setup: Setup, opts: Any, name: str | None = None, out: Path | None = None) -> EvalResult:
     """Score every system on the test split with ``opts`` (an ``EvalOptions``) and write a new report.
 
-    ``name`` is the report folder under reports/ (default: a UTC time stamp); a taken name is refused
-    before the evaluation starts, and an existing report is never overwritten.
+    ``name`` is the report folder under reports/ (default: a UTC time stamp), or under ``out`` when given
+    (then nothing is written into the workspace); a taken name is refused before the evaluation starts,
+    and an existing report is never overwritten.
     """
     from moe_experts.evaluation.report import new_report_dir, write_report
     from moe_experts.evaluation.runner import run_eval
 
-    new_report_dir(setup.workspace.reports_dir, name)  # refuse a taken name before an hour of work
+    reports = out if out is not None else setup.workspace.reports_dir
+    new_report_dir(reports, name)  # refuse a taken name before an hour of work
     logger.info("evaluating on the test split of %s%s", ", ".join(opts.domains or setup.registry.domains),
                 f" (at most {opts.max_docs} documents a domain)" if opts.max_docs else "")
     report = run_eval(setup, opts)
-    return EvalResult(write_report(report, setup.workspace.reports_dir, name), report)
+    return EvalResult(write_report(report, reports, name), report)
 
 
 def report_spread(reports: Sequence[str], reports_dir: Path) -> dict[str, Any]:

@@ -43,6 +43,7 @@ TMP_PREFIX = ".tmp-"
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+    read_only: bool = False  # a reader's view: caches are computed but never written (``ask``, ``eval --out``)
 
     # ------------------------------------------------------------------ paths
     def corpus_dir(self, domain: str) -> Path:
@@ -89,9 +90,19 @@ class Workspace:
         return self.reports_dir / "sanity"
 
     # ------------------------------------------------------------------ lifecycle
-    def open(self, preset_name: str, preset_fingerprint: str, *, create: bool = True) -> None:
-        """Create (or check) the workspace for a preset; refuse one built for another preset."""
+    def open(self, preset_name: str, preset_fingerprint: str, *, create: bool = True, write: bool = True) -> None:
+        """Create (or check) the workspace for a preset; refuse one built for another preset.
+
+        A reader (``create`` and ``write`` False: ``ask``, ``data show``, ``eval --out``) never creates or
+        writes anything: a missing workspace is an error naming the path, and a read-only one is fine.
+        """
         meta_path = self.root / "workspace.json"
+        if not meta_path.exists() and not create:
+            raise MissingArtifactError(
+                f"no workspace at {self.root} (no workspace.json)",
+                hint="check `workspace` (or MOE_EXPERTS_WORKSPACE) and the folder you run from; "
+                     "`moe-experts quickstart` builds a workspace",
+            )
         if meta_path.exists():
             meta = read_json(meta_path)
             if meta.get("preset") != preset_name:
@@ -105,12 +116,9 @@ class Workspace:
                     f"({meta.get('preset_fingerprint')} -> {preset_fingerprint})",
                     hint="models in this workspace were built with the old settings; use a new `workspace`",
                 )
-            self._check_writable()
+            if write:
+                self._check_writable()
             return
-        if not create:
-            raise MissingArtifactError(
-                f"no workspace at {self.root}", hint="run `moe-experts quickstart` (or point `workspace` at an existing one)"
-            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -140,21 +148,35 @@ class Workspace:
                 hint="point `workspace` (or MOE_EXPERTS_WORKSPACE) at a folder you can write",
             ) from exc
 
-    def clean_stale_temporaries(self) -> int:
-        """Remove temporary folders left by interrupted builds; returns how many."""
-        n = 0
+    def clean_stale_temporaries(self) -> list[Path]:
+        """Remove what interrupted builds left (temporary folders and files of processes that are gone); the paths."""
+        removed: list[Path] = []
         if not self.root.exists():
-            return 0
-        for tmp in self.root.rglob(f"{TMP_PREFIX}*"):
-            if tmp.is_dir() and not _owned_by_live_process(tmp):
+            return removed
+        for tmp in sorted(self.root.rglob(f"{TMP_PREFIX}*")):
+            if not tmp.exists() or _owned_by_live_process(tmp):
+                continue
+            if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
-                n += 1
-        return n
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        return removed
+
+
+def writable(folder: Path, ws: Workspace | None = None) -> bool:
+    """Whether to write in ``folder``: not when ``ws`` is a reader's view, nor where this process cannot create
+    files (checked on ``folder`` or its nearest existing parent)."""
+    if ws is not None and ws.read_only:
+        return False
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _owned_by_live_process(tmp: Path) -> bool:
     # Temporary folders are named .tmp-<name>-<pid>; never delete one a running build owns.
-    pid_text = tmp.name.rsplit("-", 1)[-1]
+    pid_text = tmp.name.rsplit("-", 1)[-1].split(".", 1)[0]  # .tmp-<name>-<pid>, or .tmp-<name>-<pid>.<ext>
     if not pid_text.isdigit():
         return False
     pid = int(pid_text)

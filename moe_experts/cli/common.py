@@ -18,8 +18,13 @@ class State:
         self.workspace_arg, self.preset_arg, self.cards_arg, self.seed = workspace, preset, cards, seed
         self._setup: Setup | None = None
 
-    def setup(self) -> Setup:
-        """Load and validate the preset and cards, and open the workspace (once)."""
+    def setup(self, write: bool = True) -> Setup:
+        """Load and validate the preset and cards, and open the workspace (once).
+
+        ``write`` False: a reader, which needs an existing workspace and never writes to it (it may be
+        read-only). A writer creates a missing workspace and first removes, and reports, what interrupted
+        runs left in it.
+        """
         if self._setup is None:
             from moe_experts.config import load_preset, load_registry
             from moe_experts.modeling.stages import Setup
@@ -32,7 +37,15 @@ class State:
                 preset, name = preset.model_copy(update={"seed": self.seed}), f"{preset.name}-seed{self.seed}"
             registry = load_registry(Path(self.cards_arg))
             ws = resolve_workspace(self.workspace_arg, name)
-            ws.open(preset.name, preset.fingerprint())
+            ws.open(preset.name, preset.fingerprint(), create=write, write=write)
+            if not write:
+                from dataclasses import replace
+
+                ws = replace(ws, read_only=True)
+            if write:
+                from moe_experts.pipeline import report_leftovers
+
+                report_leftovers(ws)
             self._setup = Setup(workspace=ws, registry=registry, preset=preset)
         return self._setup
 
@@ -41,8 +54,9 @@ def state(ctx: click.Context) -> State:
     return ctx.find_object(State)
 
 
-def load_setup(ctx: click.Context) -> Setup:
-    return state(ctx).setup()
+def load_setup(ctx: click.Context, write: bool = True) -> Setup:
+    """The setup of the global options; ``write`` False for commands that only read the workspace."""
+    return state(ctx).setup(write=write)
 
 
 def train_options(resume: bool, restart: bool, force: bool = False, update: bool = False) -> TrainOptions:

@@ -42,4 +42,4 @@ def data_tokenizer(ctx: click.Context, force: bool) -> None:
 @click.pass_context
 def data_show(ctx: click.Context) -> None:
     """Print document, character and token counts per domain and split."""
-    print_corpora(load_setup(ctx), require=True)
+    print_corpora(load_setup(ctx, write=False), require=True)

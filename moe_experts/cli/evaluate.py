@@ -27,10 +27,13 @@ from moe_experts.evaluation.options import DEFAULTS, EvalOptions
               help="Routing-suite recipe [default: eval/suites.yaml, else built-in defaults].")
 @click.option("--no-timing", is_flag=True, help="Do not measure generation speed and routing latency.")
 @click.option("--name", metavar="NAME", help="Report folder name under reports/ [default: a UTC time stamp]; never overwritten.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="Write the report under DIR instead of the workspace's reports/; the workspace is then only read "
+                   "(it may be read-only).")
 @click.pass_context
 def eval_cmd(ctx: click.Context, domains: str | None, systems: str | None, max_docs: int | None, top_k: int,
              resamples: int, seed: int, no_suites: bool, suites_recipe: Path | None, no_timing: bool,
-             name: str | None) -> None:
+             name: str | None, out: Path | None) -> None:
     """Evaluate every system in the workspace on the test split; write a report.
 
     Systems: the generalist(s), the seed, each expert alone, the document router
@@ -45,13 +48,13 @@ def eval_cmd(ctx: click.Context, domains: str | None, systems: str | None, max_d
         return
     from moe_experts.pipeline import evaluate
 
-    setup = load_setup(ctx)
+    setup = load_setup(ctx, write=out is None)
     opts = EvalOptions(domains=csv_names(domains), systems=csv_names(systems), max_docs=max_docs, top_k=top_k,
                        resamples=resamples, seed=seed, suites=not no_suites,
                        suite_recipe=suites_recipe or repo_file("eval/suites.yaml"),
                        speed_prompts=0 if no_timing else DEFAULTS.speed_prompts,
                        latency_requests=0 if no_timing else DEFAULTS.latency_requests)
-    result = evaluate(setup, opts, name)
+    result = evaluate(setup, opts, name, out=out)
     print_report_summary(result.report, result.folder)
 
 

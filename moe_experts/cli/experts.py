@@ -157,7 +157,7 @@ def experts_list(ctx: click.Context) -> None:
     from moe_experts.routing.doc_router import router_dir, router_manifest
     from moe_experts.workspace import MANIFEST, read_json
 
-    setup = load_setup(ctx)
+    setup = load_setup(ctx, write=False)
     ws = setup.workspace
     top = corpora_dir(ws) / MANIFEST
     manifest = read_json(top) if top.exists() else {"domains": {}}

@@ -80,6 +80,7 @@ from moe_experts.evaluation.suite_text import MAX_KEYWORD_CHARS
 from moe_experts.workspace import (
     Workspace,
     atomic_dir,
+    writable,
     read_json,
     sha256_file,
     write_json_atomic,
@@ -513,6 +514,9 @@ def ensure_suites(
     notes: list[str] = []
     # built from exactly the corpus files the manifest records (refused if one changed meanwhile)
     suites = build_suites(ws, registry, recipe, corpus_hashes=inputs["corpus_hashes"], notes=notes)
+    if not writable(folder, ws):
+        logger.warning("routing suites: the workspace is read-only; built for this run, not cached in %s", folder)
+        return suites
     with atomic_dir(folder) as tmp:
         for name, items in suites.items():
             (tmp / f"{name}.jsonl").write_text("".join(i.to_json() + "\n" for i in items), encoding="utf-8")

@@ -36,7 +36,7 @@ from moe_experts.progress import Progress
 from moe_experts.routing.doc_fit import FORMAT_VERSION, Split, fit_router
 from moe_experts.routing.doc_router import DocRouter, check_compatible, router_dir, router_manifest
 from moe_experts.routing.embedder import Embedder
-from moe_experts.workspace import write_json_atomic
+from moe_experts.workspace import writable, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ def embed_cached(setup: Setup, embedder: Embedder, ids: list[str], texts: list[s
                 bar.update(len(block))
         all_ids = [*cached, *(ids[i] for i in missing)]
         vectors = np.concatenate([vectors, *parts])
+        if not writable(folder, setup.workspace):  # a read-only workspace (eval --out, a served copy): use them, cache nothing
+            logger.warning("embeddings: the workspace is read-only; not caching them in %s", folder)
+            cached = {doc_id: i for i, doc_id in enumerate(all_ids)}
+            return vectors[[cached[doc_id] for doc_id in ids]]
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-vectors-{os.getpid()}.npy"
         np.save(tmp, vectors)

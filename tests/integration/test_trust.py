@@ -88,3 +88,44 @@ def test_readers_see_a_whole_router_while_it_is_published_again_and_again(router
     versions = [p for p in copy.iterdir() if p.name.startswith("v-")]
     assert len(versions) == 2 and live_dir(copy) in versions  # the live one and the one before it
     assert json.loads((live_dir(copy) / "router.json").read_text())["experts"] == setup.registry.names
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_readers_never_create_or_write(routed, tmp_path, monkeypatch, capsys):
+    from tests.integration.test_exit_codes import run_main
+
+    setup, _, _ = routed
+    ws = tmp_path / "ws"
+    shutil.copytree(setup.workspace.root, ws)
+    shutil.rmtree(ws / "eval", ignore_errors=True)  # the routing suites must be built, and not cached
+    base = ["--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(ws)]
+    before = _tree(ws)
+    for args in (["data", "show"], ["experts", "list"],
+                 ["eval", "--out", str(tmp_path / "reports"), "--max-docs", "2", "--no-timing"]):
+        code, err = run_main(monkeypatch, capsys, *base, *args)
+        assert code == 0, err
+    assert _tree(ws) == before  # not one file created, changed or touched
+    assert len(list((tmp_path / "reports").glob("*/report.json"))) == 1
+
+    missing = tmp_path / "typo"
+    code, err = run_main(monkeypatch, capsys, "--preset", "micro", "--cards", setup.registry.source_dir,
+                         "-w", str(missing), "data", "show")
+    assert code == 4 and f"no workspace at {missing}" in err and not missing.exists()
+
+
+def test_a_writer_removes_and_reports_what_interrupted_runs_left(routed, tmp_path, monkeypatch, capsys):
+    from tests.integration.test_exit_codes import run_main
+
+    setup, _, recipe = routed
+    ws = tmp_path / "ws"
+    shutil.copytree(setup.workspace.root, ws)
+    dead = ws / "routers" / ".tmp-doc-999999999"  # a pid no process has
+    dead.mkdir()
+    (dead / "index.faiss").write_bytes(b"half")
+    base = ["--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(ws)]
+    code, err = run_main(monkeypatch, capsys, *base, "train-router", "--recipe", str(recipe))
+    assert code == 0, err
+    assert not dead.exists() and "left by interrupted runs: routers/.tmp-doc-999999999" in err

@@ -32,7 +32,7 @@ def test_interrupted_build_leftovers_are_cleaned(tmp_path: Path):
     dead.mkdir(parents=True)
     alive = ws.root / "models" / f".tmp-law-{os.getpid()}"
     alive.mkdir()
-    assert ws.clean_stale_temporaries() == 1
+    assert len(ws.clean_stale_temporaries()) == 1
     assert not dead.exists() and alive.exists()
 
 
