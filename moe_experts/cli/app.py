@@ -21,6 +21,7 @@ from moe_experts.cli.router import train_router
 from moe_experts.cli.sanity import sanity
 from moe_experts.cli.train import train
 from moe_experts.errors import MoeExpertsError
+from moe_experts.machine import ONLINE_ENV
 
 DEFAULT_CARDS = "experts"
 ENV_CARDS = "MOE_EXPERTS_CARDS"
@@ -60,11 +61,13 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 @click.option("--seed", type=int, default=lambda: int(os.environ[ENV_SEED]) if os.environ.get(ENV_SEED) else None,
               metavar="N", help="Training seed instead of the preset's; default workspace runs/<preset>-seed<N> "
               "[env MOE_EXPERTS_SEED]. For the spread over seeds: `moe-experts eval spread`.")
+@click.option("--online", is_flag=True, help="Let loading download models and datasets from the Hugging Face Hub "
+              "(default: the local cache only) [env MOE_EXPERTS_ONLINE=1].")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv includes transformers).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
 @click.pass_context
-def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, seed: int | None, verbose: int,
-        quiet: bool) -> None:
+def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, seed: int | None, online: bool,
+        verbose: int, quiet: bool) -> None:
     """Domain-expert language models behind one learned router.
 
     \b
@@ -76,6 +79,9 @@ def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, seed
         quiet = True
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     _configure_logging(verbose, quiet)
+    if online:
+        # the one switch every hub-touching call reads (moe_experts.machine.online); torchrun's workers inherit it
+        os.environ[ONLINE_ENV] = "1"
     ctx.obj = State(workspace, preset, cards, seed)
 
 

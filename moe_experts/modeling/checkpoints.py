@@ -7,7 +7,10 @@ that hash, so a truncated or edited file is refused with a clear message
 instead of a stack trace from deep inside safetensors.
 
 Experts whose card names a Hugging Face id or a local path are loaded with the
-same ``AutoModelForCausalLM`` / ``AutoTokenizer`` calls.
+same ``AutoModelForCausalLM`` / ``AutoTokenizer`` calls. A hub id loads from the
+local Hugging Face cache only (``local_files_only``), unless the run was made
+online (``moe_experts.machine.online``): an id that is not cached fails at once
+with the way to fetch it, instead of after a minute of network retries.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from moe_experts.config import ModelShape, ModelSource, Preset
 from moe_experts.errors import CheckpointError, ConfigError
+from moe_experts.machine import cached_snapshot, download_note, fetch_hint, hub_cache, hub_offline, online
 from moe_experts.workspace import MANIFEST, atomic_dir, read_json, sha256_file, versions, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -126,14 +130,49 @@ def load_checkpoint(folder: Path, *, device: str = "cpu", dtype: Any = None, ver
     return LoadedModel(model=model, tokenizer=tokenizer, manifest=manifest)
 
 
-def load_pretrained(source: ModelSource, *, device: str = "cpu", dtype: Any = None) -> LoadedModel:
-    """Load a card's ``pretrained`` model: a local folder, else a Hugging Face id (cache or hub)."""
+def load_pretrained(
+    source: ModelSource, *, device: str = "cpu", dtype: Any = None, card: str | None = None
+) -> LoadedModel:
+    """Load a card's ``pretrained`` model: a local folder, else a Hugging Face id from the local cache.
+
+    The hub is asked only when the run is online (``MOE_EXPERTS_ONLINE=1``, ``moe-experts --online``);
+    ``card``: the card's name, for the message when the model is missing.
+    """
     assert source.name_or_path is not None
     path = Path(source.name_or_path).expanduser()
     if path.exists():
         return load_checkpoint(path, device=device, dtype=dtype)
-    model, tokenizer = _from_pretrained(source.name_or_path, revision=source.revision, device=device, dtype=dtype)
+    if not online():
+        missing = missing_pretrained(source, card=card)
+        if missing is not None:
+            raise missing  # before importing transformers: a second, not a minute of retries
+    model, tokenizer = _from_pretrained(
+        source.name_or_path, revision=source.revision, device=device, dtype=dtype, card=card
+    )
     return LoadedModel(model=model, tokenizer=tokenizer, manifest=None)
+
+
+def missing_pretrained(source: ModelSource, *, card: str | None = None) -> CheckpointError | None:
+    """Why ``source`` cannot load without the network, or None: it is a local folder or in the local hub cache.
+
+    Looks at folders only. ``cards validate`` reports what this returns; loading offline raises it.
+    """
+    if source.kind != "pretrained" or source.name_or_path is None:
+        return None
+    name = source.name_or_path
+    if Path(name).expanduser().exists() or cached_snapshot(name, revision=source.revision) is not None:
+        return None
+    return _not_cached(name, source.revision, card, download_note())
+
+
+def _not_cached(name: str, revision: str | None, card: str | None, why: str) -> CheckpointError:
+    what = f"'{name}'" + (f" (revision {revision})" if revision else "")
+    where = f"card '{card}': model {what}" if card else f"model {what}"
+    field = f"model: in card '{card}'" if card else "the card's model:"
+    return CheckpointError(
+        f"{where} is not a local folder and not in the local Hugging Face cache ({hub_cache()}); {why}",
+        hint=fetch_hint(name, set_local=field, revision=revision),
+    )
 
 
 def check_shared_vocabulary(tokenizers: Mapping[str, Any]) -> None:
@@ -151,25 +190,33 @@ def check_shared_vocabulary(tokenizers: Mapping[str, Any]) -> None:
 
 
 def _from_pretrained(
-    name: str, *, revision: str | None, device: str, dtype: Any, local: bool = False
+    name: str, *, revision: str | None, device: str, dtype: Any, local: bool = False, card: str | None = None
 ) -> tuple[Any, Any]:
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # A folder never needs the hub; a hub id reaches it only when the run is online (machine.online).
+    offline = local or not online()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype or "auto")
+        with hub_offline():
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, local_files_only=offline)
+            model = AutoModelForCausalLM.from_pretrained(
+                name, revision=revision, dtype=dtype or "auto", local_files_only=offline
+            )
     except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as exc:
         if local:
             raise CheckpointError(
                 f"cannot load the model in {name}: {_first_line(exc)}",
                 hint="the folder is corrupted or not a transformers causal LM; rebuild it (`force`)",
             ) from exc
+        if offline:
+            # in the cache only in part (a config without weights or tokenizer, say), or not at all
+            raise _not_cached(name, revision, card, f"{download_note()} ({_first_line(exc)})") from exc
+        where = f"card '{card}': " if card else ""
         raise CheckpointError(
-            f"cannot load '{name}': not a local folder, and not in the Hugging Face cache or reachable "
+            f"{where}cannot load '{name}': not a local folder, and the Hugging Face Hub did not provide it "
             f"({_first_line(exc)})",
-            hint="download it where the hub is reachable (huggingface-cli download "
-            f"{name}) or set the card's model.name_or_path to a local folder",
+            hint=fetch_hint(name, set_local="the card's model:", revision=revision),
         ) from exc
     model.to(device)
     model.eval()

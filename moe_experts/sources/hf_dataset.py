@@ -1,6 +1,10 @@
 """A Hugging Face dataset (hub id, local folder, or builder such as "json" with data_files).
 
-Everything runs offline: a hub dataset must already be in the local datasets cache.
+Offline first: a hub dataset is read from the local datasets cache, with the hub
+libraries told to stay offline for the call (``moe_experts.machine.hub_offline``),
+so that one that is not cached fails at once instead of after network retries.
+Only a run made online (``moe_experts.machine.online``) lets ``datasets``
+download it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pydantic import Field
 
 from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version
 from moe_experts.errors import DataError, SourceUnavailableError
+from moe_experts.machine import allow_downloads_hint, download_note, hub_offline, online
 
 HF_HINT = "pip install 'moe-experts[hf]'"
 
@@ -51,20 +56,19 @@ class HFDatasetSource(Source):
                 f"corpus source '{self.kind}' is not available: package 'datasets' is not installed", hint=HF_HINT
             ) from exc
         p = self.params
-        fix = (
-            f"download '{p.name}' once on a machine that reaches the hub (datasets.load_dataset('{p.name}')) "
-            "and copy the datasets cache here, or point 'name' at a local folder, "
-            "or use name: json / parquet / text with 'data_files'"
-        )
+        fix = _fetch_hint(p.name)
         try:
-            dataset = datasets.load_dataset(
-                p.name, p.config, data_files=p.data_files, split=p.split, revision=p.revision
-            )
+            with hub_offline():
+                dataset = datasets.load_dataset(
+                    p.name, p.config, data_files=p.data_files, split=p.split, revision=p.revision
+                )
         except ConnectionError as exc:
             # datasets reports "not cached and the hub cannot be reached" as a ConnectionError.
+            why = str(exc) if online() else download_note()
             raise SourceUnavailableError(
                 f"corpus source '{self.kind}' is not available: dataset '{p.name}' is not in the local cache "
-                f"and the Hugging Face Hub cannot be reached ({exc})",
+                f"and the Hugging Face Hub cannot be reached: {why} "
+                f"(datasets cache: {datasets.config.HF_DATASETS_CACHE})",
                 hint=fix,
             ) from exc
         except (FileNotFoundError, StopIteration) as exc:
@@ -118,3 +122,46 @@ class HFDatasetSource(Source):
             "datasets_version": package_version("datasets"),
             "local_path": str(local.resolve()) if local.exists() else None,
         }
+
+
+def is_hub_dataset(name: str) -> bool:
+    """Whether ``name`` would be looked up on the hub: not a local path and not a builder such as "json"."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return not Path(name).expanduser().exists() and name not in _PACKAGED_DATASETS_MODULES
+
+
+def missing_dataset(params: SourceParams) -> SourceUnavailableError | None:
+    """Why an ``hf_dataset`` source cannot be read without the network, or None (local, a builder, or cached).
+
+    Looks at the datasets cache folders only; ``cards validate`` reports what this returns.
+    """
+    if not isinstance(params, HFDatasetSource.Params):
+        return None
+    try:
+        import datasets
+        from datasets.load import CachedDatasetModuleFactory
+    except ImportError:
+        return None  # check() says how to install it
+    if not is_hub_dataset(params.name):
+        return None
+    try:
+        CachedDatasetModuleFactory(params.name).get_module()
+    except FileNotFoundError:
+        return SourceUnavailableError(
+            f"corpus source 'hf_dataset': dataset '{params.name}' is not a local folder and not in the local "
+            f"datasets cache ({datasets.config.HF_DATASETS_CACHE}); {download_note()}",
+            hint=_fetch_hint(params.name),
+        )
+    return None
+
+
+def _fetch_hint(name: str) -> str:
+    return (
+        f"where the hub is reachable, load it once (moe-experts --online data build, or "
+        f"datasets.load_dataset('{name}')) and copy that machine's datasets cache here or point HF_HOME at a copy; "
+        f"or download it into a local folder (`hf download {name} --repo-type dataset --local-dir DIR`) and set "
+        f"name: of the hf_dataset source to it; or use name: json / parquet / text with data_files; "
+        f"{allow_downloads_hint()}"
+    )
+

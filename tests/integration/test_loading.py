@@ -53,6 +53,7 @@ def test_unreachable_hub_id_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
     message = str(err.value)
     assert "some-org/not-cached-model" in message
     assert "local folder" in message  # the fix: point the card at a folder
+    assert "hf download some-org/not-cached-model" in message  # or fetch it where the hub is reachable
 
 
 def test_folder_that_is_not_a_model(tmp_path: Path):
