@@ -4,10 +4,14 @@ Many requests are answered in one process: every request is routed in one
 batch, experts are loaded once, and top-1 requests are grouped by expert and
 generated in batches. With ``top_k > 1`` the k most probable experts' next-token
 distributions are mixed token by token, weighted by the posterior (c-BTM).
+
+A JSONL batch is read line by line (``read_request_lines``): a line that cannot be
+answered becomes a ``RejectedRequest`` in its place, and the others are still answered.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -58,22 +62,9 @@ class Answer:
 
 def check_request(text: str, *, where: str = "`text`", max_bytes: int = MAX_REQUEST_BYTES) -> str:
     """The request text, or a RequestError that names the problem and the fix."""
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        # argv bytes that are not UTF-8 arrive as lone surrogates (surrogateescape)
-        raise RequestError(
-            f"{where}: the request is not valid UTF-8 (bad byte at character {exc.start})",
-            hint="re-encode the text as UTF-8 (e.g. iconv -t UTF-8)",
-        ) from None
-    if not text.strip():
-        raise RequestError(f"{where}: the request is empty", hint="send the question's text (`text`; on the command line - reads it from stdin)")
-    if size > max_bytes:
-        raise RequestError(
-            f"{where}: the request is {size:,} bytes; the limit is {max_bytes:,}",
-            hint="send a shorter text (routing reads all of it; the experts' context is far smaller), "
-            "or raise the limit (`max_bytes`)",
-        )
+    problem = _text_problem(text, where=where, max_bytes=max_bytes)
+    if problem is not None:
+        raise RequestError(problem[1], hint=problem[2])
     return text
 
 
@@ -81,10 +72,136 @@ def decode_request(data: bytes, *, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RequestError(
-            f"{where}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-            hint="re-encode the input as UTF-8 (e.g. iconv -t UTF-8)",
-        ) from None
+        raise RequestError(f"{where}: {_not_utf8(data, exc)}", hint=UTF8_HINT) from None
+
+
+UTF8_HINT = "re-encode the input as UTF-8 (e.g. iconv -t UTF-8)"
+LINE_HINT = 'one JSON object per line: {"text": "...", "id": "..."}'
+
+
+@dataclass(frozen=True)
+class RejectedRequest:
+    """A line of a request batch that cannot be answered, and why; it keeps its place among the answers.
+
+    ``kind`` is stable for programs to match on: not_utf8, not_json, not_an_object, invalid_id,
+    duplicate_id, missing_text, text_not_a_string, empty_text, too_large.
+    """
+
+    id: str  # the line's id when it gave a usable one, else its line number (the default id)
+    line: int  # 1-based line number in the batch
+    kind: str
+    message: str
+    hint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "line": self.line,
+                "error": {"type": self.kind, "message": self.message, "hint": self.hint}}
+
+
+def read_request_lines(
+    data: bytes, *, where: str, max_bytes: int = MAX_REQUEST_BYTES
+) -> list[Request | RejectedRequest]:
+    """Every non-blank line of a JSONL batch as a Request, or as a RejectedRequest saying what is wrong with it.
+
+    One bad line never stops the others. A line's ``id`` must be a non-empty string; a line without one gets
+    its line number. An id already used by an earlier line (given, or a line number taken by default) is
+    refused on the later line, so that every answer's id is unique. Raises RequestError only when the batch
+    holds no line at all.
+    """
+    _check_max_bytes(max_bytes)
+    items: list[Request | RejectedRequest] = []
+    used: dict[str, int] = {}  # id -> the line that claimed it first
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte-order mark some editors write; not part of the first object
+    # JSONL separates records by \n only: str.splitlines() would also split inside a JSON string at U+2028.
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.removesuffix(b"\r")
+        if not raw.strip():
+            continue
+        items.append(_read_line(raw, n, f"{where}:{n}", max_bytes, used))
+    if not items:
+        raise RequestError(f"{where} holds no request", hint=LINE_HINT)
+    return items
+
+
+def _read_line(raw: bytes, n: int, where: str, max_bytes: int, used: dict[str, int]) -> Request | RejectedRequest:
+    def reject(kind: str, message: str, hint: str | None = LINE_HINT, id_: str = str(n)) -> RejectedRequest:
+        return RejectedRequest(id=id_, line=n, kind=kind, message=f"{where}: {message}", hint=hint)
+
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return reject("not_utf8", _not_utf8(raw, exc), UTF8_HINT)
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return reject("not_json", f"not JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return reject("not_json", "not JSON (nested too deeply)")
+    if not isinstance(row, dict):
+        return reject("not_an_object", f"a JSON {_json_kind(row)}, not an object")
+    id_ = str(n)
+    if "id" in row:
+        given = row["id"]
+        if not isinstance(given, str) or not given.strip():
+            shown = json.dumps(given, ensure_ascii=False)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            got = "null" if given is None else f"a blank string {shown}" if isinstance(given, str) \
+                else f"a JSON {_json_kind(given)} {shown}"
+            return reject("invalid_id", f"'id' must be a non-empty string, got {got}",
+                          'quote it ("id": "7"), or leave \'id\' out to use the line number')
+        id_ = given
+    if id_ in used:
+        default = "" if "id" in row else " (the line number, this line's default id)"
+        return reject("duplicate_id", f"id {id_!r}{default} is already used by line {used[id_]}; "
+                      f"that line keeps it", "give every line its own id", id_=id_)
+    used[id_] = n
+    if "text" not in row:
+        return reject("missing_text", "no 'text' field", id_=id_)
+    text = row["text"]
+    if not isinstance(text, str):
+        return reject("text_not_a_string", f"'text' must be a string, got a JSON {_json_kind(text)}", id_=id_)
+    problem = _text_problem(text, where=where, max_bytes=max_bytes)
+    if problem is not None:
+        kind, message, hint = problem
+        if kind == "empty_text":
+            hint = "give the line the question's text, or delete the line"
+        return RejectedRequest(id=id_, line=n, kind=kind, message=message, hint=hint)
+    return Request(text, id=id_)
+
+
+def _text_problem(text: str, *, where: str, max_bytes: int) -> tuple[str, str, str] | None:
+    """(kind, message, hint) for a request text that cannot be answered, or None."""
+    _check_max_bytes(max_bytes)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        # argv bytes that are not UTF-8 arrive as lone surrogates (surrogateescape); so do JSON "\ud800" escapes
+        return ("not_utf8", f"{where}: the request is not valid UTF-8 (bad byte at character {exc.start})",
+                "re-encode the text as UTF-8 (e.g. iconv -t UTF-8)")
+    if not text.strip():
+        return ("empty_text", f"{where}: the request is empty",
+                "send the question's text (`text`; on the command line - reads it from stdin)")
+    if size > max_bytes:
+        return ("too_large", f"{where}: the request is {size:,} bytes; the limit is {max_bytes:,}",
+                "send a shorter text (routing reads all of it; the experts' context is far smaller), "
+                "or raise the limit (`max_bytes`)")
+    return None
+
+
+def _check_max_bytes(max_bytes: int) -> None:
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise RequestError(f"`max_bytes` must be a positive whole number of bytes, got {max_bytes!r}",
+                           hint=f"use at least 1 (the default is {MAX_REQUEST_BYTES:,})")
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"), (list, "array"), (dict, "object"))
+    return "null" if value is None else next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
 
 
 class ExpertPool:
@@ -100,6 +217,15 @@ class ExpertPool:
             self._loaded[name] = load_expert(self.setup, name, device=self.device)
             logger.debug("loaded expert %s", name)
         return self._loaded[name]
+
+
+def check_ask(setup: Setup, *, top_k: int = 1, expert: str | None = None) -> None:
+    """Refuse ``top_k`` and ``expert`` values the cards rule out, before any model or router loads."""
+    check_expert(setup, expert)
+    n = len(setup.registry.names)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n:
+        raise RequestError(f"`top_k` must be between 1 and {n} (the number of experts), got {top_k!r}",
+                           hint="use 1 for the single most probable expert")
 
 
 def check_expert(setup: Setup, name: str | None) -> None:
@@ -123,9 +249,7 @@ def ask(
     batch_size: int = 8,
 ) -> list[Answer]:
     """Route every request, then answer each with its expert (or its top-k mixture)."""
-    check_expert(setup, expert)
-    if top_k < 1 or top_k > len(setup.registry.names):
-        raise RequestError(f"`top_k` must be between 1 and {len(setup.registry.names)} (the number of experts), got {top_k}")
+    check_ask(setup, top_k=top_k, expert=expert)
     pool = pool or ExpertPool(setup)
     overrides = overrides or {}
     decisions, seconds = router.route([r.text for r in requests], explain=explain)

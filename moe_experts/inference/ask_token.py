@@ -9,9 +9,11 @@ first (the majority over layers).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from moe_experts.errors import MissingArtifactError, RequestError, StaleArtifactError
@@ -53,18 +55,21 @@ class TokenAnswer:
         return out
 
 
+def check_token_ask(setup: Setup, *, layer: int | None = None) -> None:
+    """Refuse a missing or stale token-level MoE and a ``layer`` it does not have, before its weights load."""
+    folder = _token_moe_dir(setup)
+    if layer is None:
+        return
+    try:
+        n_layers = int(json.loads((folder / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an unreadable config is load_checkpoint's to report; the layer is checked again after loading
+    _check_layer(layer, n_layers)
+
+
 def load_token_moe(setup: Setup, device: str = "cpu") -> tuple[LoadedModel, list[str]]:
     """The token-level MoE and its expert names (in MoE order), or a clear error when it is not built."""
-    from moe_experts.routing.train_token import expert_set_change, token_router_dir
-
-    folder = token_router_dir(setup.workspace.root)
-    if not (folder / MANIFEST).exists():
-        raise MissingArtifactError(f"no token-level router in {folder}",
-                                   hint="build it with `moe-experts train-router --kind token`")
-    change = expert_set_change(setup)
-    if change is not None:
-        raise StaleArtifactError(change, hint="rebuild it: `moe-experts train-router --kind token --force`")
-    loaded = load_checkpoint(folder, device=device)
+    loaded = load_checkpoint(_token_moe_dir(setup), device=device)
     assert loaded.manifest is not None
     return loaded, list(loaded.manifest["experts"])
 
@@ -96,8 +101,7 @@ def ask_token(setup: Setup, requests: Sequence[Request], *, overrides: dict[str,
     loaded, experts = load_token_moe(setup)
     n_layers = loaded.model.config.num_hidden_layers
     chosen = n_layers - 1 if layer is None else layer
-    if not 0 <= chosen < n_layers:
-        raise RequestError(f"`layer` must be between 0 and {n_layers - 1} (the MoE has {n_layers} layers), got {layer}")
+    _check_layer(chosen, n_layers)
     settings = GenerationSettings.from_card(setup.registry.fallback.generation, **(overrides or {}))
     outs = generate(loaded.model, loaded.tokenizer, [r.text for r in requests], settings, batch_size=batch_size)
     answers = []
@@ -110,3 +114,22 @@ def ask_token(setup: Setup, requests: Sequence[Request], *, overrides: dict[str,
                                   loaded.tokenizer)
         answers.append(TokenAnswer(request, g, chosen, routes))
     return answers
+
+
+def _token_moe_dir(setup: Setup) -> Path:
+    from moe_experts.routing.train_token import expert_set_change, token_router_dir
+
+    folder = token_router_dir(setup.workspace.root)
+    if not (folder / MANIFEST).exists():
+        raise MissingArtifactError(f"no token-level router in {folder}",
+                                   hint="build it with `moe-experts train-router --kind token`")
+    change = expert_set_change(setup)
+    if change is not None:
+        raise StaleArtifactError(change, hint="rebuild it: `moe-experts train-router --kind token --force`")
+    return folder
+
+
+def _check_layer(layer: int, n_layers: int) -> None:
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise RequestError(f"`layer` must be between 0 and {n_layers - 1} (the MoE has {n_layers} layers), got {layer!r}",
+                           hint=f"use {n_layers - 1} (the last layer, the default) or leave it out")

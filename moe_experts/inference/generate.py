@@ -176,6 +176,9 @@ def generate_mixture(
     history = torch.tensor([ids], dtype=torch.long)  # (1, T): what the repetition penalty looks back on
     step_input = history  # the first step feeds the whole prompt, later steps one token
     caches: list[Any] = [None] * len(active_models)
+    # transformers 5 renamed the KV-cache argument and output field past_key_values -> cache (the old name
+    # warns and goes in 5.40); older releases only know past_key_values.
+    cache_names = ["cache" if _accepts(m, "cache") else "past_key_values" for m in active_models]
     # Only the last position's logits are needed; without this a long prompt costs (T, V) floats per expert.
     extra = [{"logits_to_keep": 1} if _accepts(m, "logits_to_keep") else {} for m in active_models]
     tokens: list[int] = []
@@ -185,10 +188,9 @@ def generate_mixture(
         for _ in range(max_new):
             logits = []
             for k, model in enumerate(active_models):
-                out = model(
-                    input_ids=step_input.to(_device(model)), past_key_values=caches[k], use_cache=True, **extra[k]
-                )
-                caches[k] = out.past_key_values  # each expert keeps its own cache: one new token per step
+                cache = {cache_names[k]: caches[k]}
+                out = model(input_ids=step_input.to(_device(model)), use_cache=True, **cache, **extra[k])
+                caches[k] = getattr(out, cache_names[k])  # each expert keeps its own cache: one new token per step
                 logits.append(out.logits[0, -1])  # (V,)
             log_p = mixture_log_probs(logits, active_weights)  # (V,)
             token = chooser(history, log_p)
