@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
 import click
@@ -13,6 +12,7 @@ from moe_experts import __version__
 from moe_experts.cli.ask import ask
 from moe_experts.cli.cards import cards
 from moe_experts.cli.common import State
+from moe_experts.cli.common import as_flags as _as_flags
 from moe_experts.cli.data import data
 from moe_experts.cli.evaluate import eval_cmd
 from moe_experts.cli.experts import experts
@@ -111,25 +111,6 @@ def main() -> None:
         sys.exit(130)
 
 
-_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
-
-
-def _flag_names(command: click.Command, out: dict[str, str]) -> dict[str, str]:
-    """Every long flag of the command tree, by the setting name it stands for (--top-k -> top_k)."""
-    for param in command.params:
-        for opt in getattr(param, "opts", ()):
-            if opt.startswith("--"):
-                out.setdefault(opt[2:].replace("-", "_"), opt)
-    for sub in getattr(command, "commands", {}).values():
-        _flag_names(sub, out)
-    return out
-
-
 def as_flags(message: str) -> str:
-    """A library message as the command line says it: each setting in backticks becomes its flag.
-
-    The library names what a caller sets (`resume`, `top_k`) so that Python callers read their
-    keywords; here those become --resume and --top-k. Backticked commands are left as they are.
-    """
-    flags = _flag_names(cli, {})
-    return _SETTING.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+    """A library message with each backticked setting shown as this command line's flag (see ``common.as_flags``)."""
+    return _as_flags(message, cli)

@@ -55,7 +55,7 @@ def ask(ctx: click.Context, text: str | None, file_: Path | None, router: str, t
     if router == "doc" and layer is not None:
         raise RequestError("--layer applies to --router token only", hint="add --router token, or drop --layer")
     check_generation(max_new_tokens=max_new_tokens, temperature=temperature)
-    setup = load_setup(ctx)  # cards and workspace only: no model
+    setup = load_setup(ctx, write=False)  # cards and workspace only, read-only: no model
     if router == "token":
         from moe_experts.inference.ask_token import check_token_ask
 
@@ -127,7 +127,7 @@ def _read_requests(text: str | None, file_: Path | None, max_bytes: int) -> list
 def _print_rejected(item: Any, as_json: bool) -> None:
     from dataclasses import replace
 
-    from moe_experts.cli.app import as_flags
+    from moe_experts.cli.common import as_flags
 
     # the library names settings as keywords (`max_bytes`); here they are flags (--max-bytes)
     item = replace(item, message=as_flags(item.message), hint=as_flags(item.hint) if item.hint else None)

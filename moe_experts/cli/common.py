@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,3 +91,33 @@ def repo_file(path: str) -> Path | None:
     is; None means the library's built-in defaults. Only the CLI looks in the current folder."""
     found = Path(path)
     return found if found.is_file() else None
+
+
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def _flag_names(command: click.Command, out: dict[str, str]) -> dict[str, str]:
+    """Every long flag of the command tree, by the setting name it stands for (--top-k -> top_k)."""
+    for param in command.params:
+        for opt in getattr(param, "opts", ()):
+            if opt.startswith("--"):
+                out.setdefault(opt[2:].replace("-", "_"), opt)
+    for sub in getattr(command, "commands", {}).values():
+        _flag_names(sub, out)
+    return out
+
+
+def as_flags(message: str, root: click.Command | None = None) -> str:
+    """A library message as the command line says it: each setting in backticks becomes its flag.
+
+    The library names what a caller sets (`resume`, `top_k`) so that Python callers read their
+    keywords; here those become --resume and --top-k. Backticked commands are left as they are.
+    ``root``: the command tree whose flags count (default: the running command's root group).
+    """
+    if root is None:
+        ctx = click.get_current_context(silent=True)
+        if ctx is None:
+            return message
+        root = ctx.find_root().command
+    flags = _flag_names(root, {})
+    return _SETTING.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
