@@ -105,7 +105,7 @@ def add_expert(
     _require_built(setup, card)
     if card.model.kind == "pretrained":
         logger.info("%s: checking that its model loads (%s)", card.name, card.model.name_or_path)
-        load_pretrained(card.model)  # a CheckpointError names the model and the fix before anything is written
+        load_pretrained(card.model, card=card.name)  # a CheckpointError names the model and the fix first
     grown = replace(setup, registry=new_registry)
     before = _weights_ids(setup, old)
     seconds: dict[str, float] = {}

@@ -67,7 +67,8 @@ class DocRouterRecipe(StrictModel):
     """How ``moe-experts train-router --kind doc`` builds the document-level router."""
 
     kind: Literal["doc"] = "doc"
-    embedder: str = Field(default="default", description="'default' (bundled all-MiniLM-L6-v2) or a local folder.")
+    embedder: str = Field(default="default", description="'default' (bundled all-MiniLM-L6-v2), a local folder, or a "
+                          "Hugging Face id in the local cache (downloaded only with --online).")
     embed_batch_size: int = Field(default=64, ge=1)
     # On CPU embedding is the slow part (~10-60 documents/s on 2 cores), so by default
     # the router learns from a deterministic sample; null indexes everything (GPU).

@@ -24,7 +24,16 @@ from moe_experts.sources import build_source
 from moe_experts.data.split import SPLITS, Split, assign_split, doc_id, unit_hash
 from moe_experts.errors import DataError, MissingArtifactError, SourceUnavailableError
 from moe_experts.progress import Progress
-from moe_experts.workspace import MANIFEST, Workspace, atomic_dir, read_json, sha256_file, versions, write_json_atomic
+from moe_experts.workspace import (
+    MANIFEST,
+    Workspace,
+    atomic_dir,
+    read_json,
+    sha256_file,
+    verify_files,
+    versions,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -456,9 +465,16 @@ def require_base_corpora(ws: Workspace, manifest: dict[str, Any], what: str) -> 
 
 
 def iter_documents(ws: Workspace, domain: str, split: Split) -> Iterator[Document]:
+    """A split's documents, after checking the file against the hash its domain manifest recorded."""
     path = corpora_dir(ws) / domain / f"{split}.jsonl"
     if not path.exists():
         raise MissingArtifactError(f"no {split} split for domain '{domain}' ({path})", hint="run `moe-experts data build`")
+    manifest = path.parent / "manifest.json"
+    digest = read_json(manifest).get("splits", {}).get(split, {}).get("sha256") if manifest.exists() else None
+    if digest:  # the manifest's "bytes" counts the texts, not the file: only the digest identifies it
+        verify_files(path.parent, {path.name: {"sha256": digest, "bytes": path.stat().st_size}},
+                     what=f"the {split} split of '{domain}'",
+                     hint="rebuild the corpora: `moe-experts data build --force` (models trained on them too)")
     with path.open(encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)

@@ -31,9 +31,11 @@ from moe_experts.workspace import (
     Workspace,
     atomic_dir,
     check_inputs,
+    file_records,
     read_json,
     read_manifest,
     sha256_file,
+    verify_files,
     versions,
     write_manifest,
 )
@@ -106,6 +108,7 @@ def train_tokenizer(ws: Workspace, registry: ExpertRegistry, preset: Preset) -> 
         manifest = {
             **tokenizer_inputs(corpora, preset),
             "tokenizer_hash": sha256_file(tmp / "tokenizer.json")[:16],
+            "files": file_records(tmp),  # tokenizer.json, tokenizer_config.json, ...: checked at every load
             "actual_vocab_size": len(fast),
             "training_documents": len(texts),
             "training_characters": sum(len(t) for t in texts),
@@ -117,8 +120,13 @@ def train_tokenizer(ws: Workspace, registry: ExpertRegistry, preset: Preset) -> 
 
 
 def load_tokenizer(path: Path) -> Any:
+    """The workspace's tokenizer; each of its files is checked against the hash recorded when it was trained."""
     from transformers import AutoTokenizer
 
+    manifest = read_json(path / MANIFEST) if (path / MANIFEST).exists() else {}
+    if "files" in manifest:
+        verify_files(path, manifest["files"], what=f"the tokenizer in {path}",
+                     hint="retrain it: `moe-experts data tokenizer --force` (then retrain the models)")
     return AutoTokenizer.from_pretrained(str(path))
 
 
@@ -155,6 +163,7 @@ def build_token_streams(ws: Workspace, registry: ExpertRegistry, tokenizer_manif
                 stream, n_docs = _tokenize_split(ws, tokenizer, domain, split)
                 np.save(tmp / f"{split}.npy", stream, allow_pickle=False)
                 counts[split] = int(len(stream) - n_docs)  # tokens, not counting separators
+            write_manifest(tmp, {"domain": domain, "tokenizer_hash": tok_hash, "files": file_records(tmp)})
         update_domain_manifest(ws, domain, tokens={"tokenizer_hash": tok_hash, **counts})
         logger.info("%s: %s tokens", domain, ", ".join(f"{s} {n:,}" for s, n in counts.items()))
 
@@ -179,4 +188,9 @@ def load_stream(ws: Workspace, tokenizer_hash: str, domain: str, split: Split) -
     path = stream_path(ws, tokenizer_hash, domain, split)
     if not path.exists():
         raise MissingArtifactError(f"no token stream for {domain}/{split}", hint="run `moe-experts data tokenizer`")
+    record = path.parent / MANIFEST
+    if record.exists():  # streams written before they were recorded are read as they are
+        verify_files(path.parent, {path.name: read_json(record)["files"][path.name]},
+                     what=f"the token stream {domain}/{split}",
+                     hint=f"delete {path.parent} and run `moe-experts data tokenizer` to tokenize it again")
     return np.load(path, mmap_mode="r", allow_pickle=False)

@@ -26,7 +26,16 @@ from typing import Any
 from moe_experts.config import ModelShape, ModelSource, Preset
 from moe_experts.errors import CheckpointError, ConfigError
 from moe_experts.machine import cached_snapshot, download_note, fetch_hint, hub_cache, hub_offline, online
-from moe_experts.workspace import MANIFEST, atomic_dir, read_json, sha256_file, versions, write_manifest
+from moe_experts.workspace import (
+    MANIFEST,
+    atomic_dir,
+    file_records,
+    read_json,
+    sha256_file,
+    verify_files,
+    versions,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +80,12 @@ def save_checkpoint(model: Any, tokenizer: Any, target: Path, manifest: dict[str
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        weights = sorted(tmp.glob("*.safetensors"))
+        files = file_records(tmp)  # every file a load reads: weights, config, tokenizer files
         full = {
             **manifest,
             "parameters": count_parameters(model),
-            "weights_sha256": {w.name: sha256_file(w) for w in weights},
+            "weights_sha256": {name: rec["sha256"] for name, rec in files.items() if name.endswith(".safetensors")},
+            "files": files,
             "versions": versions(),
         }
         write_manifest(tmp, full)
@@ -111,7 +121,11 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
             hint="it was not written by a finished build; rebuild it (`force`)",
         )
     manifest = read_json(manifest_path)
-    for name, expected in manifest.get("weights_sha256", {}).items():
+    if "files" in manifest:  # every file: weights, config.json, tokenizer.json, ...
+        verify_files(folder, manifest["files"], what=f"checkpoint {folder}",
+                     hint="rebuild it (`force`); the file was truncated or modified")
+        return manifest
+    for name, expected in manifest.get("weights_sha256", {}).items():  # written before every file was recorded
         path = folder / name
         if not path.exists():
             raise CheckpointError(f"checkpoint {folder} is missing {name}", hint="rebuild it (`force`)")
@@ -160,7 +174,14 @@ def missing_pretrained(source: ModelSource, *, card: str | None = None) -> Check
     if source.kind != "pretrained" or source.name_or_path is None:
         return None
     name = source.name_or_path
-    if Path(name).expanduser().exists() or cached_snapshot(name, revision=source.revision) is not None:
+    if Path(name).expanduser().exists():
+        return None
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:  # a path, not an org/name hub id
+        where = f"card '{card}': model folder" if card else "model folder"
+        return CheckpointError(f"{where} {name} does not exist",
+                               hint=f"fix the path in {'model: in card ' + repr(card) if card else 'the card'}, "
+                                    "or copy the model there (a transformers save_pretrained folder)")
+    if cached_snapshot(name, revision=source.revision) is not None:
         return None
     return _not_cached(name, source.revision, card, download_note())
 

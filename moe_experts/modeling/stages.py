@@ -371,7 +371,7 @@ def load_expert(setup: Setup, name: str, device: str = "cpu") -> LoadedModel:
     """
     card = _pretrained_card(setup, name)
     if card is not None:
-        return load_pretrained(card.model, device=device)
+        return load_pretrained(card.model, device=device, card=card.name)
     return load_checkpoint(setup.workspace.model_dir(name), device=device)
 
 

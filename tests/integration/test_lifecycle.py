@@ -196,7 +196,7 @@ def test_bad_cards_are_refused_with_the_fix_and_nothing_is_written(grow, tmp_pat
          DataError, "under its minimum"),
         (write_card(tmp_path, "copies", [law_source]), DataError, "repeats an existing domain"),
         (write_card(tmp_path, "foreign", [{"kind": "local", "path": str(text), "format": "jsonl"}],
-                    model=str(tmp_path / "no-such-model")), CheckpointError, "cannot load"),
+                    model=str(tmp_path / "no-such-model")), CheckpointError, "card 'foreign': model folder .* does not exist"),
     ]
     for path, error, message in cases:
         with pytest.raises(error, match=message) as info:
@@ -241,7 +241,7 @@ def test_removing_the_fallback_needs_a_new_one(grow):
     from moe_experts.config import load_registry
     from moe_experts.errors import ConfigError
     from moe_experts.lifecycle import remove_expert
-    from moe_experts.routing.doc_router import router_dir
+    from moe_experts.routing.doc_router import router_dir, router_manifest
 
     setup, recipe, _ = grow
     with pytest.raises(ConfigError, match="fallback expert") as info:
@@ -253,7 +253,7 @@ def test_removing_the_fallback_needs_a_new_one(grow):
     registry = load_registry(Path(setup.registry.source_dir))
     assert registry.names == ["code", "law", "medicine"] and registry.fallback.name == "law"
     assert yaml.safe_load(result.card.read_text()).get("fallback", False) is False
-    assert json.loads((router_dir(setup.workspace.root) / "router.json").read_text())["fallback"] == "law"
+    assert router_manifest(router_dir(setup.workspace.root))["fallback"] == "law"
     assert not setup.workspace.model_dir("general").exists() and not setup.workspace.corpus_dir("general").exists()
     assert "general" not in json.loads((setup.workspace.root / "corpora" / "moe_experts.json").read_text())["domains"]
 

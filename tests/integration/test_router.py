@@ -219,7 +219,9 @@ def test_ask_without_router_and_with_a_router_for_other_experts(routed, tmp_path
     assert other.returncode == 4 and "experts: router was built for" in other.stderr
     empty_ws = tmp_path / "ws"
     none = run_cli("--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(empty_ws), "ask", "--text", "hello")
-    assert none.returncode == 4 and "train-router" in none.stderr and "Traceback" not in none.stderr
+    # a reader never creates the workspace a mistyped --workspace names: it says which path is missing
+    assert none.returncode == 4 and f"no workspace at {empty_ws}" in none.stderr and "Traceback" not in none.stderr
+    assert not empty_ws.exists()
 
 
 def test_train_router_no_build_says_what_to_run(routed, tmp_path: Path):

@@ -129,3 +129,42 @@ def test_a_writer_removes_and_reports_what_interrupted_runs_left(routed, tmp_pat
     code, err = run_main(monkeypatch, capsys, *base, "train-router", "--recipe", str(recipe))
     assert code == 0, err
     assert not dead.exists() and "left by interrupted runs: routers/.tmp-doc-999999999" in err
+
+
+def test_one_flipped_byte_in_any_checkpoint_or_tokenizer_file_is_refused_naming_it(trained_setup, tmp_path):
+    """Weights, config, tokenizer files of a model; the workspace tokenizer; a token stream; a corpus split."""
+    from dataclasses import replace
+
+    from moe_experts.data.build import iter_documents
+    from moe_experts.data.tokenizer import load_stream, load_tokenizer
+    from moe_experts.modeling.checkpoints import load_checkpoint
+    from moe_experts.workspace import MANIFEST, Workspace, read_json
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained_setup.workspace.root, ws)
+    setup = replace(trained_setup, workspace=Workspace(ws))
+    law = ws / "models" / "law"
+    recorded = read_json(law / MANIFEST)["files"]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= set(recorded)
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        copy = tmp_path / f"law-{name}"
+        shutil.copytree(law, copy)
+        _flip(copy / name, at=0.9 if name == "model.safetensors" else 0.5)
+        with pytest.raises(CheckpointError, match=f"{name} does not match the SHA-256"):
+            load_checkpoint(copy)
+
+    tok = ws / "tokenizer"
+    _flip(tok / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="tokenizer.json does not match") as info:
+        load_tokenizer(tok)
+    assert "data tokenizer --force" in info.value.hint
+
+    tok_hash = read_json(tok / MANIFEST)["tokenizer_hash"]
+    stream = ws / "tokens" / tok_hash / "law" / "val.npy"
+    _flip(stream, at=0.99)
+    with pytest.raises(CheckpointError, match="val.npy does not match"):
+        load_stream(setup.workspace, tok_hash, "law", "val")
+
+    _flip(ws / "corpora" / "law" / "test.jsonl")
+    with pytest.raises(CheckpointError, match="test.jsonl does not match"):
+        list(iter_documents(setup.workspace, "law", "test"))

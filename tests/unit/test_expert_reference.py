@@ -46,7 +46,7 @@ def test_weights_id_names_a_pretrained_card_by_source_and_a_checkpoint_by_hash(s
 
 def test_load_expert_takes_a_cards_pretrained_model_else_the_workspace_checkpoint(setup, monkeypatch):
     calls = []
-    monkeypatch.setattr(stages, "load_pretrained", lambda source, device: calls.append(("pretrained", source.name_or_path, device)))
+    monkeypatch.setattr(stages, "load_pretrained", lambda source, device, **_: calls.append(("pretrained", source.name_or_path, device)))
     monkeypatch.setattr(stages, "load_checkpoint", lambda folder, device: calls.append(("checkpoint", Path(folder), device)))
     load_expert(setup, "law", "cuda")
     load_expert(setup, "medicine")
