@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,7 +91,11 @@ def repo_file(path: str) -> Path | None:
     """A recipe file of the repository (router_training/..., eval/suites.yaml) when the command runs where it
     is; None means the library's built-in defaults. Only the CLI looks in the current folder."""
     found = Path(path)
-    return found if found.is_file() else None
+    if found.is_file():
+        return found
+    logging.getLogger("moe_experts").info("%s is not in %s: using the built-in defaults (the recipe option "
+                                          "chooses a file)", path, Path.cwd())
+    return None
 
 
 _SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")

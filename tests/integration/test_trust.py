@@ -104,6 +104,7 @@ def test_readers_never_create_or_write(routed, tmp_path, monkeypatch, capsys):
     base = ["--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(ws)]
     before = _tree(ws)
     for args in (["data", "show"], ["experts", "list"],
+                 ["ask", "--text", "def read_lines(path):", "--max-new-tokens", "2", "--explain"],
                  ["eval", "--out", str(tmp_path / "reports"), "--max-docs", "2", "--no-timing"]):
         code, err = run_main(monkeypatch, capsys, *base, *args)
         assert code == 0, err
