@@ -1,0 +1,373 @@
+"""Source-held-out routing accuracy: does the document router generalise beyond the texts it learned from?
+
+Target (issue 14, point 9): macro source-held-out accuracy >= 90% with in-distribution
+test accuracy kept >= 98.5%.
+
+The test split shares its corpus sources with training (a licence text from the same
+ScanCode collection, a definition from the same dictionary), so test accuracy says
+little about text from elsewhere. Here, for every domain with more than one corpus
+source, and every source S of it:
+
+1. train the document router (the project's ``fit_router``, the recipe's per-domain
+   sample, the cards' example prompts) on every domain's training documents except S's;
+   calibrate and tune its thresholds on the validation documents except S's;
+2. route up to ``--per-source`` of S's documents from the val and test splits (never
+   trained on; sampled by id hash) and count the share that reaches S's domain.
+
+Rule: the routed decision counts, abstention included. An abstention goes to the
+fallback expert, so it is wrong unless S's domain is the fallback's (then right);
+the top-1 accuracy without abstention is reported beside it. Intervals: Wilson 95%
+per source; a stratified bootstrap (resampling documents within each source) for the
+macro mean over sources. A tf-idf + logistic regression baseline (as in
+routing_accuracy.py) learns from the same training documents and is scored on the
+same documents. The in-distribution check fits the router on every source with the
+same sampling and scores the test sample of routing_accuracy.py (300 per domain).
+
+Embeddings are read from the workspace cache (never written); the ones it lacks are
+embedded once and kept in ``--cache`` (default /tmp/sho/embeddings) for reruns.
+
+    nice python benchmarks/source_held_out.py -w /tmp/vws --recipe router_training/doc.yaml \
+        --per-source 300 --out benchmarks/results/source_held_out-2026-11-30-tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
+
+logger = logging.getLogger("source_held_out")
+
+SPLITS = ("train", "val", "test")
+TEST_PER_DOMAIN = 300  # the in-distribution test sample of routing_accuracy.py
+
+
+# ---------------------------------------------------------------------- pure parts (tests/unit/test_source_held_out.py)
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion k/n (95% at z=1.96); (0, 1) when n is 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def bootstrap_macro(correct: Sequence[np.ndarray], *, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean over groups of each group's accuracy, resampling within each group."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros(reps)
+    for c in correct:
+        c = np.asarray(c, dtype=np.float64)
+        draws = rng.integers(0, len(c), size=(reps, len(c)))  # (R, n)
+        means += c[draws].mean(axis=1)
+    means /= len(correct)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def held_out_sources(sources_by_domain: dict[str, Counter[str]]) -> list[tuple[str, str]]:
+    """(domain, source) for every source of every domain that has more than one source, sorted."""
+    return [(d, s) for d in sorted(sources_by_domain) if len(sources_by_domain[d]) > 1
+            for s in sorted(sources_by_domain[d])]
+
+
+def sample(docs: Sequence[Any], limit: int | None, key: Any) -> list[Any]:
+    """The ``limit`` documents with the lowest ``key`` (a hash): a sample that does not depend on file order."""
+    if limit is None or len(docs) <= limit:
+        return list(docs)
+    return sorted(docs, key=key)[:limit]
+
+
+# ---------------------------------------------------------------------- embeddings
+class VectorCache:
+    """Embeddings by document id: the workspace cache (read only) plus the vectors embedded here (kept in ``folder``)."""
+
+    def __init__(self, embedder: Any, workspace_folder: Path, folder: Path) -> None:
+        self.embedder, self.folder = embedder, folder
+        self.vectors: dict[str, np.ndarray] = {}
+        self.embedded = 0
+        for f in (workspace_folder, folder):
+            if (f / "vectors.npy").exists() and (f / "ids.json").exists():
+                ids = json.loads((f / "ids.json").read_text())
+                vecs = np.load(f / "vectors.npy", allow_pickle=False)
+                if len(ids) == len(vecs):
+                    self.vectors.update(zip(ids, vecs))
+
+    def ensure(self, docs: Sequence[Any], block: int = 128) -> None:
+        """Embed the documents not cached yet, saving after every block so an interrupted run resumes."""
+        missing = list({d.id: d for d in docs if d.id not in self.vectors}.values())
+        logger.info("embeddings: %d of %d documents to embed", len(missing), len(docs))
+        for start in range(0, len(missing), block):
+            part = missing[start : start + block]
+            for d, v in zip(part, self.embedder.embed([d.text for d in part])):  # (B, D)
+                self.vectors[d.id] = v
+            self.embedded += len(part)
+            self._save()
+            logger.info("embeddings: %d / %d", min(start + block, len(missing)), len(missing))
+
+    def __call__(self, ids: Sequence[str]) -> np.ndarray:
+        return np.stack([self.vectors[i] for i in ids]).astype(np.float32)  # (N, D)
+
+    def _save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ids = list(self.vectors)
+        tmp = self.folder / f".tmp-{os.getpid()}.npy"
+        np.save(tmp, np.stack([self.vectors[i] for i in ids]))
+        tmp.replace(self.folder / "vectors.npy")
+        (self.folder / "ids.json").write_text(json.dumps(ids))
+
+
+# ---------------------------------------------------------------------- one fold
+@dataclass(frozen=True)
+class Fold:
+    """What one router learns from and is scored on (labels index ``experts``)."""
+
+    train: list[Any]  # Documents
+    train_y: np.ndarray  # (N,)
+    val: list[Any]
+    val_y: np.ndarray  # (V,)
+
+
+def build_fold(corpora: dict[str, dict[str, list[Any]]], experts: list[str], recipe: Any, exclude: str | None) -> Fold:
+    """The recipe's per-domain train and val sample (as train_doc does), without the documents of source ``exclude``."""
+    from moe_experts.data.split import unit_hash
+
+    parts: dict[str, tuple[list[Any], list[int]]] = {"train": ([], []), "val": ([], [])}
+    limits = {"train": recipe.max_train_documents_per_domain, "val": recipe.max_val_documents_per_domain}
+    for label, domain in enumerate(experts):
+        for split, (docs, ys) in parts.items():
+            kept = [d for d in corpora[domain][split] if d.source != exclude]
+            picked = sample(kept, limits[split], lambda d: unit_hash(d.text, "router-sample"))
+            docs += picked
+            ys += [label] * len(picked)
+    return Fold(parts["train"][0], np.asarray(parts["train"][1]), parts["val"][0], np.asarray(parts["val"][1]))
+
+
+def fit_fold(fold: Fold, cache: VectorCache, *, experts: list[str], fallback: str, recipe: Any, embedder: Any,
+             examples: list[tuple[str, str, bool]]) -> Any:
+    """The project's document router fitted on a fold (``fit_router`` + ``DocRouter.from_fit``)."""
+    from moe_experts.routing.doc_fit import Split, fit_router
+    from moe_experts.routing.doc_router import DocRouter
+
+    def split(docs: list[Any], y: np.ndarray) -> Split:
+        return Split([d.id for d in docs], [d.text for d in docs], y)
+
+    fitted = fit_router(split(fold.train, fold.train_y), split(fold.val, fold.val_y), experts=experts,
+                        domains=experts, fallback=fallback, recipe=recipe, embedder=embedder,
+                        embed=lambda s: cache(s.ids), examples=examples)
+    return DocRouter.from_fit(fitted, embedder)
+
+
+def route(router: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 expert index (N,), routed expert index with abstention (N,)) for embedded documents (N, D)."""
+    probs, sims, ids = router.posteriors(x)  # (N, C), (N, k), (N, k)
+    top1 = probs.argmax(axis=1)
+    routed = np.asarray([router.experts.index(router.decide(p, float(s) if i >= 0 else -1.0)[0])
+                         for p, s, i in zip(probs, sims[:, 0], ids[:, 0])])
+    return top1, routed
+
+
+def tfidf_predict(train: list[Any], train_y: np.ndarray, tests: Sequence[list[Any]]) -> list[np.ndarray]:
+    """The routing_accuracy.py baseline (tf-idf word 1-2 grams + logistic regression), fitted once, on each test set."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_features=200_000)
+    model = LogisticRegression(C=10.0, max_iter=2000).fit(vec.fit_transform([d.text for d in train]), train_y)
+    return [model.predict(vec.transform([d.text for d in t])) if t else np.zeros(0, dtype=np.int64) for t in tests]
+
+
+def score(correct: np.ndarray) -> dict[str, Any]:
+    k, n = int(correct.sum()), len(correct)
+    lo, hi = wilson_interval(k, n)
+    return {"accuracy": round(k / n, 5) if n else None, "correct": k, "interval_95": [round(lo, 5), round(hi, 5)]}
+
+
+def code_version() -> dict[str, Any]:
+    """The commit of the code measured, and whether the library or recipes differ from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "moe_experts", "router_training"],
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None}
+    return {"commit": commit, "uncommitted": [line[3:] for line in dirty if line.strip()]}
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-w", "--workspace", default="runs/tiny")
+    ap.add_argument("--recipe", type=Path, default=Path("router_training/doc.yaml"))
+    ap.add_argument("--cards", nargs="+", type=Path, default=[Path("experts"), Path("experts/extra")],
+                    help="folders holding the workspace's expert cards (<domain>.yaml)")
+    ap.add_argument("--per-source", type=int, default=300, help="held-out documents per source (val+test, by id hash)")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/sho/embeddings"), help="where new embeddings are kept")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = time.monotonic()
+
+    from moe_experts.config import load_card
+    from moe_experts.data.build import iter_documents
+    from moe_experts.data.split import unit_hash
+    from moe_experts.recipes import load_recipe
+    from moe_experts.routing.embedder import Embedder
+    from moe_experts.workspace import Workspace, read_json
+
+    ws = Workspace(Path(args.workspace).absolute())
+    recipe = load_recipe(args.recipe)
+    domains = sorted(read_json(ws.root / "corpora" / "moe_experts.json")["domains"])
+    cards = []
+    for domain in domains:
+        path = next((f / f"{domain}.yaml" for f in args.cards if (f / f"{domain}.yaml").exists()), None)
+        if path is None:
+            raise SystemExit(f"no card {domain}.yaml in {[str(f) for f in args.cards]}; give its folder with --cards")
+        cards.append(load_card(path))
+    experts = [c.name for c in cards]
+    if [c.domain for c in cards] != domains or experts != domains:
+        raise SystemExit(f"cards {experts} do not name the workspace's domains {domains} one to one")
+    fallback = next(c.name for c in cards if c.fallback)
+    examples = [(c.name, t, pos) for c in cards for pos, ts in ((True, c.examples.positive), (False, c.examples.negative))
+                for t in ts]
+
+    corpora = {d: {s: list(iter_documents(ws, d, s)) for s in SPLITS} for d in domains}  # type: ignore[arg-type]
+    sources = {d: Counter(doc.source for s in SPLITS for doc in corpora[d][s]) for d in domains}
+    plan = held_out_sources(sources)
+    logger.info("held-out sources: %s", plan)
+
+    embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size)
+    cache = VectorCache(embedder, ws.embeddings_dir(embedder.info.sha256), args.cache / embedder.info.sha256[:16])
+
+    # the in-distribution test sample of routing_accuracy.py, and every fold's training and scored documents
+    test = [(label, doc) for label, d in enumerate(domains)
+            for doc in sample(corpora[d]["test"], TEST_PER_DOMAIN, lambda x: unit_hash(x.text, "bench-test"))]
+    folds = {None: build_fold(corpora, experts, recipe, None)}
+    held: dict[str, list[Any]] = {}
+    for domain, source in plan:
+        folds[source] = build_fold(corpora, experts, recipe, source)
+        docs = [x for s in ("val", "test") for x in corpora[domain][s] if x.source == source]
+        held[source] = sample(docs, args.per_source, lambda x: unit_hash(x.id, "source-held-out"))
+    t0 = time.monotonic()
+    cache.ensure([x for f in folds.values() for x in f.train + f.val] + [x for _, x in test]
+                 + [x for docs in held.values() for x in docs])
+    embed_s = time.monotonic() - t0
+
+    test_docs, test_y = [x for _, x in test], np.asarray([y for y, _ in test])
+    x_test = cache([x.id for x in test_docs])  # (T, D)
+
+    def fit(fold: Fold) -> Any:
+        return fit_fold(fold, cache, experts=experts, fallback=fallback, recipe=recipe, embedder=embedder,
+                        examples=examples)
+
+    logger.info("fitting the router on every source")
+    full = folds[None]
+    router = fit(full)
+    top1, routed = route(router, x_test)
+    (base,) = tfidf_predict(full.train, full.train_y, [test_docs])
+    in_distribution = {
+        "train_documents": len(full.train), "val_documents": len(full.val), "test_documents": len(test_docs),
+        "router_method": router.method, "router_thresholds": router.manifest["thresholds"],
+        "router_routed": score(routed == test_y), "router_top1": score(top1 == test_y),
+        "tfidf_logreg": score(base == test_y),
+    }
+
+    rows, router_correct, router_top1_correct, base_correct = [], [], [], []
+    for domain, source in plan:
+        fold, docs = folds[source], held[source]
+        label = experts.index(domain)
+        held_ids = {x.id for x in docs}
+        logger.info("fitting without %s/%s (%d train, %d val documents); scoring %d", domain, source,
+                    len(fold.train), len(fold.val), len(docs))
+        r = fit(fold)
+        top1, routed = route(r, cache([x.id for x in docs]))
+        # the same router on the in-distribution test sample, less S's documents
+        keep = np.asarray([x.source != source for x in test_docs])
+        id_top1, id_routed = route(r, x_test[keep])
+        base, base_id = tfidf_predict(fold.train, fold.train_y, [docs, [x for x, k in zip(test_docs, keep) if k]])
+        router_correct.append(routed == label)
+        router_top1_correct.append(top1 == label)
+        base_correct.append(base == label)
+        rows.append({
+            "source": source, "domain": domain, "documents": len(docs),
+            "documents_by_split": dict(Counter(s for s in ("val", "test") for x in corpora[domain][s]
+                                               if x.id in held_ids)),
+            "train_documents": len(fold.train), "val_documents": len(fold.val),
+            "train_documents_of_domain": int((fold.train_y == label).sum()),
+            "router_method": r.method,
+            "router_routed": score(routed == label), "router_top1": score(top1 == label),
+            "abstain_rate": round(float(np.mean(routed != top1)), 5),
+            "routed_to": dict(Counter(experts[i] for i in routed)),
+            "tfidf_logreg": score(base == label),
+            "tfidf_predicted": dict(Counter(experts[i] for i in base)),
+            "in_distribution_test_without_source": {
+                "documents": int(keep.sum()),
+                "router_routed": score(id_routed == test_y[keep]),
+                "tfidf_logreg": score(base_id == test_y[keep]),
+            },
+        })
+        logger.info("%s/%s: router %.3f (top-1 %.3f), tf-idf %.3f", domain, source, rows[-1]["router_routed"]["accuracy"],
+                    rows[-1]["router_top1"]["accuracy"], rows[-1]["tfidf_logreg"]["accuracy"])
+
+    def macro(correct: list[np.ndarray]) -> dict[str, Any]:
+        lo, hi = bootstrap_macro(correct)
+        pooled = np.concatenate(correct)
+        return {"accuracy": round(float(np.mean([c.mean() for c in correct])), 5),
+                "interval_95_bootstrap": [round(lo, 5), round(hi, 5)],
+                "micro_accuracy": round(float(pooled.mean()), 5), "micro_documents": len(pooled)}
+
+    summary = {"router_routed": macro(router_correct), "router_top1": macro(router_top1_correct),
+               "tfidf_logreg": macro(base_correct)}
+    result = {
+        "benchmark": "source_held_out",
+        "date": dt.date.today().isoformat(),
+        "machine": {"cpu": cpu_model(), "cores": usable_cores(), "python": platform.python_version()},
+        "command": " ".join(["python", *sys.argv]),
+        "code": code_version(),
+        "workspace": str(ws.root),
+        "recipe": str(args.recipe),
+        "experts": experts,
+        "fallback": fallback,
+        "per_source": args.per_source,
+        "rule": (f"routed decision (abstentions go to the fallback '{fallback}': wrong unless the held-out source "
+                 f"is in '{fallback}'); top-1 without abstention beside it"),
+        "sources": {d: dict(c) for d, c in sources.items()},
+        "target": {
+            "macro_source_held_out_at_least": 0.90, "in_distribution_at_least": 0.985,
+            "macro_met": summary["router_routed"]["accuracy"] >= 0.90,
+            "in_distribution_met": in_distribution["router_routed"]["accuracy"] >= 0.985,
+        },
+        "macro_over_sources": summary,
+        "in_distribution": in_distribution,
+        "held_out": rows,
+        "seconds": {"embedding": round(embed_s, 1), "total": round(time.monotonic() - started, 1)},
+        "new_embeddings": cache.embedded,
+    }
+    write_result(result, args.out, f"source_held_out-{result['date']}",
+                 shown={k: v for k, v in result.items() if k not in ("machine", "held_out")})
+
+
+if __name__ == "__main__":
+    main()
