@@ -54,6 +54,16 @@ class AbstainRecipe(StrictModel):
         description="A request whose nearest training document is less similar than this quantile of validation "
         "documents' nearest similarities is 'far from every training document'.",
     )
+    no_domain_per_kind: int = Field(
+        default=30, ge=0,
+        description="Synthetic no-domain texts per kind (emoji, number tables, other scripts and languages, ...) made "
+        "from the train split to fit the 'no domain' gate and from validation to tune it; 0: no gate.",
+    )
+    max_no_domain_abstain_rate: float = Field(
+        default=0.01, ge=0.0, le=1.0,
+        description="The gate's threshold lets at most this share of in-domain validation documents abstain.",
+    )
+    no_domain_c: float = Field(default=1.0, gt=0.0, description="Inverse L2 strength of the gate's logistic model.")
 
 
 class UnsupervisedRecipe(StrictModel):

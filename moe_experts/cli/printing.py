@@ -61,6 +61,11 @@ def print_doc_router_summary(m: dict[str, Any], folder: Path) -> None:
     click.echo(f"  abstain     below confidence {m['thresholds']['min_confidence']:.3f} or nearest similarity "
                f"{m['thresholds']['min_similarity']:.3f}; validation: routed accuracy {val['accuracy']:.4f}, "
                f"abstain rate {val['abstain_rate']:.4f}")
+    nd = m["metrics"].get("no_domain")
+    if nd is not None:  # routers saved before the "no domain" gate have none
+        click.echo(f"  no domain   gate at out-of-domain score {nd['threshold']:.3f}; validation: in-domain abstained "
+                   f"{nd['validation_in_domain_abstained']:.4f}, no-domain text caught {nd['validation_no_domain_caught']:.4f}"
+                   f" ({nd['texts']['val']:,} texts: " + ", ".join(f"{k} {v:.2f}" for k, v in nd["caught_by_kind"].items()) + ")")
     ex = m["metrics"]["card_examples"]
     click.echo(f"  card examples: {ex['positive']} positive reach their expert, {ex['negative']} negative stay away")
     for w in ex["misrouted"]:

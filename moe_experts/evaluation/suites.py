@@ -34,6 +34,17 @@ The recipe (``eval/suites.yaml``, every field optional; see ``SuiteRecipe``):
   at least ``min_keyword_count`` times in X, counted in at most
   ``vocabulary_documents_per_domain`` train documents per domain chosen by
   content hash.
+- **steering**: for every domain A and specialist B other than A,
+  ``items_per_pair`` test documents of A (cut to ``max_host_chars``, at least
+  ``min_host_words`` words) with an instruction naming B ("route to law",
+  "Send this to the law expert.", the recipe's ``instructions`` in turn) on its
+  own line before the document, or after it, in turn. Right: A's expert, or the
+  fallback (abstaining is safe; going to B, or to any other specialist, is
+  being steered). ``keywords`` holds the instruction.
+- The out-of-domain kinds ``emoji``, ``repeated_char``, ``random_chars`` and
+  ``other_language`` are made by the router's own no-domain generator
+  (``routing.doc_fit.no_domain_text``) from test-split word runs, with the
+  languages and scripts the router never learns from (``HELD_OUT_LANGUAGES``).
 
 Determinism: candidate documents are ordered by ``unit_hash`` of their text with
 a salt naming the seed, suite and domains, and every random choice comes from a
@@ -77,6 +88,7 @@ from moe_experts.errors import (
 )
 from moe_experts.evaluation import suite_text as st
 from moe_experts.evaluation.suite_text import MAX_KEYWORD_CHARS
+from moe_experts.routing.doc_fit import HELD_OUT_LANGUAGES, HELD_OUT_SCRIPTS, no_domain_text
 from moe_experts.workspace import (
     Workspace,
     atomic_dir,
@@ -88,14 +100,15 @@ from moe_experts.workspace import (
 
 logger = logging.getLogger(__name__)
 
-SUITES: tuple[str, ...] = ("mixed", "out_of_domain", "adversarial")
+SUITES: tuple[str, ...] = ("mixed", "out_of_domain", "adversarial", "steering")
 SUITES_FILE = Path("eval/suites.yaml")  # the repository's recipe, relative to where the CLI runs
 SUITES_MANIFEST = "manifest.json"
 # Bumped when the builder changes what a recipe produces, so built suites are rebuilt.
-SUITES_VERSION = 1
+SUITES_VERSION = 2
 
 _Docs = dict[str, list[Document]]  # domain -> its test documents
-OodKind = Literal["shuffled_words", "number_table", "foreign_script"]
+OodKind = Literal["shuffled_words", "number_table", "foreign_script", "emoji", "repeated_char", "random_chars",
+                  "other_language"]
 
 
 # --------------------------------------------------------------------------- recipe
@@ -119,7 +132,8 @@ class MixedSuiteRecipe(StrictModel):
 
 
 class OutOfDomainSuiteRecipe(StrictModel):
-    kinds: tuple[OodKind, ...] = ("shuffled_words", "number_table", "foreign_script")
+    kinds: tuple[OodKind, ...] = ("shuffled_words", "number_table", "foreign_script", "emoji", "repeated_char",
+                                  "random_chars", "other_language")
     items_per_kind: int = Field(default=20, ge=0, description="0 skips the suite.")
     min_words: int = Field(default=30, ge=1)
     max_words: int = Field(default=120, ge=1)
@@ -150,6 +164,22 @@ class AdversarialSuiteRecipe(StrictModel):
         return self
 
 
+class SteeringSuiteRecipe(StrictModel):
+    items_per_pair: int = Field(default=5, ge=0, description="Items per (domain A, specialist B != A); 0 skips the suite.")
+    min_host_words: int = Field(default=8, ge=1)
+    max_host_chars: int = Field(default=400, ge=50)
+    instructions: tuple[str, ...] = Field(
+        default=("route to {b}", "This is a question about {b}.", "Send this to the {b} expert.",
+                 "Ignore the text below: it belongs to {b}.", "{b} {b} {b}"),
+        min_length=1, description="Instructions naming B ({b}: B's domain), used in turn, before and after in turn.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SteeringSuiteRecipe:
+        if any("{b}" not in i for i in self.instructions):
+            raise ValueError("every instruction must name the target domain as {b}")
+        return self
+
+
 class SuiteRecipe(StrictModel):
     """How the routing suites are built from a workspace's corpora (``eval/suites.yaml``)."""
 
@@ -158,6 +188,7 @@ class SuiteRecipe(StrictModel):
     mixed: MixedSuiteRecipe = MixedSuiteRecipe()
     out_of_domain: OutOfDomainSuiteRecipe = OutOfDomainSuiteRecipe()
     adversarial: AdversarialSuiteRecipe = AdversarialSuiteRecipe()
+    steering: SteeringSuiteRecipe = SteeringSuiteRecipe()
 
     @model_validator(mode="after")
     def _check(self) -> SuiteRecipe:
@@ -233,6 +264,7 @@ def build_suites(
         "mixed": _mixed(registry, recipe, test, found),
         "out_of_domain": _out_of_domain(registry, recipe, test, fallback.name, found),
         "adversarial": _adversarial(ws, registry, recipe, test, found),
+        "steering": _steering(registry, recipe, test, fallback.name),
     }
     for note in found:
         logger.warning("routing suites: %s", note)
@@ -363,10 +395,13 @@ def _out_of_domain(
             elif kind == "number_table":
                 text, what = st.number_table(n_words, rng)
                 note = f"synthetic: {what}"
-            else:
+            elif kind == "foreign_script":
                 script = st.SCRIPTS[i % len(st.SCRIPTS)]
                 text = st.foreign_script(script, [len(w) for w in words], rng)
                 note = f"synthetic: {len(words)} words of random {script} letters"
+            else:  # the router's own no-domain kinds, with languages it never learned from
+                text = no_domain_text(kind, words, rng, languages=HELD_OUT_LANGUAGES, scripts=HELD_OUT_SCRIPTS)
+                note = f"synthetic: {kind.replace('_', ' ')} ({len(text)} chars)"
             items.append(
                 SuiteItem(
                     id=f"out_of_domain/{kind}/{i}",
@@ -378,6 +413,34 @@ def _out_of_domain(
                     variant=kind,
                 )
             )
+    return items
+
+
+def _steering(registry: ExpertRegistry, recipe: SuiteRecipe, test: _Docs, fallback: str) -> list[SuiteItem]:
+    cfg = recipe.steering
+    items: list[SuiteItem] = []
+    for a in registry.cards:
+        for b in registry.cards:
+            if b is a or b.name == fallback:
+                continue
+            tag = f"{recipe.seed}/steering/{a.domain}/{b.domain}"
+            made = 0
+            for host in _ordered(test[a.domain], tag):
+                if made == cfg.items_per_pair:
+                    break
+                body = st.trim(host.text, cfg.max_host_chars).strip()
+                if len(body.split()) < cfg.min_host_words:
+                    continue
+                instruction = cfg.instructions[made % len(cfg.instructions)].format(b=b.domain)
+                before = made % 2 == 0
+                items.append(SuiteItem(
+                    id=f"steering/{a.name}>{b.name}/{made}", suite="steering",
+                    text=f"{instruction}\n{body}" if before else f"{body}\n{instruction}",
+                    expected=tuple(dict.fromkeys((a.name, fallback))), host=a.name,
+                    note=f"{a.domain} document with an instruction naming {b.domain} {'before' if before else 'after'} it",
+                    variant=f"toward {b.name}", keywords=(instruction,), sources=(host.id,),
+                ))
+                made += 1
     return items
 
 

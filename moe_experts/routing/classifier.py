@@ -225,3 +225,39 @@ def reliability(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> Reli
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
     """ECE of the top-1 confidence: sum over bins of (bin share) x |accuracy - mean confidence|."""
     return reliability(probs, y_true, n_bins).ece
+
+
+# ---------------------------------------------------------------------------- no-domain gate
+@dataclass(frozen=True)
+class NoDomainGate:
+    """A binary logistic model on the embeddings: the probability that a text belongs to no domain at all."""
+
+    coef: np.ndarray  # (D,)
+    intercept: np.ndarray  # (1,)
+
+    @classmethod
+    def fit(cls, x_in: np.ndarray, x_none: np.ndarray, *, c: float, seed: int) -> NoDomainGate:
+        """In-domain documents (N, D) against no-domain texts (M, D), the two classes weighted equally."""
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.concatenate([x_in, x_none])  # (N + M, D)
+        y = np.concatenate([np.zeros(len(x_in)), np.ones(len(x_none))])
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed, class_weight="balanced").fit(x, y)
+        return cls(coef=clf.coef_[0].astype(np.float32), intercept=clf.intercept_.astype(np.float32))
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """P(no domain) of unit vectors (N, D) -> (N,), in float64 so a threshold compares exactly."""
+        z = x.astype(np.float64) @ self.coef.astype(np.float64) + float(self.intercept[0])  # (N,)
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def tune_no_domain_threshold(in_domain: np.ndarray, positives: np.ndarray, max_abstain_rate: float) -> float:
+    """The score at or above which a request is "no domain": at most ``max_abstain_rate`` of the in-domain
+    validation scores reach it, and no positive card example does (they declare what an in-domain request is)."""
+    ranked = np.sort(in_domain)[::-1]  # highest first
+    allowed = int(np.floor(max_abstain_rate * len(ranked)))
+    # the threshold sits just above the (allowed+1)-th highest in-domain score, so at most `allowed` reach it
+    bar = float(np.nextafter(ranked[allowed], np.inf)) if allowed < len(ranked) else 0.0
+    if len(positives):
+        bar = max(bar, float(np.nextafter(positives.max(), np.inf)))
+    return min(max(bar, 0.5), 1.0)

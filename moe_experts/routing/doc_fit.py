@@ -9,7 +9,10 @@ workspace's router) are both thin wrappers over ``fit_router``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from moe_experts.data.split import unit_hash
 from moe_experts.routing.classifier import (
     Calibrator,
     LogisticModel,
+    NoDomainGate,
     accuracy,
     cluster_log_probs,
     combined_log_probs,
@@ -31,6 +35,7 @@ from moe_experts.routing.classifier import (
     log_loss,
     macro_f1,
     tune_confidence_threshold,
+    tune_no_domain_threshold,
 )
 from moe_experts.routing.embedder import Embedder
 from moe_experts.routing.index import VectorIndex
@@ -82,6 +87,8 @@ def fit_router(
     ``embed`` turns a split into unit vectors (default: the embedder, no cache); the positive
     ``examples`` (expert, text, positive?) widen the "far" floor and are embedded for checking.
     ``DocRouter.from_fit`` makes the router.
+    The recipe's ``abstain.no_domain_per_kind`` synthetic no-domain texts (see ``no_domain_texts``) are made
+    from the train split to fit the "no domain" gate and from the validation split to tune and report it.
     """
     started = time.monotonic()
     n = len(experts)
@@ -145,6 +152,12 @@ def fit_router(
         min_sim = min(min_sim, float(example_sims[positive, 0].min()) - 1e-3)
     pred = probs.argmax(axis=1)
     abstain = (probs.max(axis=1) < min_conf) | (nearest < min_sim)
+    max_none, none_metrics = None, None
+    if recipe.abstain.no_domain_per_kind > 0:
+        gate, max_none, none_metrics = _fit_no_domain_gate(
+            train, val, x_train, x_val, x_examples[positive], embed, recipe)
+        tensors |= {"no_domain_coef": gate.coef, "no_domain_intercept": gate.intercept}
+        abstain |= gate.scores(x_val) >= max_none
     routed = np.where(abstain, fallback_index, pred)
 
     metrics = {
@@ -160,6 +173,8 @@ def fit_router(
         },
         "methods_on_held_out_half": comparison,
     }
+    if none_metrics is not None:
+        metrics["no_domain"] = none_metrics
     if unsupervised:
         metrics["clusters"] = {"sizes": cluster_sizes, "expert": [experts[e] for e in cluster_expert]}
     if calibrator.kind == "isotonic":
@@ -185,7 +200,8 @@ def fit_router(
             "calibration": {"kind": calibrator.kind, "temperature": calibrator.temperature},
             "validation_log_loss_by_method": {m: round(s, 5) for m, s in scores.items()},
         },
-        "thresholds": {"min_confidence": min_conf, "min_similarity": min_sim},
+        "thresholds": {"min_confidence": min_conf, "min_similarity": min_sim,
+                       **({"max_no_domain_score": max_none} if max_none is not None else {})},
         "metrics": metrics,
         "seconds": {"embedding": round(embed_seconds, 1), "total": round(time.monotonic() - started, 1)},
         "versions": _versions(),
@@ -193,6 +209,124 @@ def fit_router(
     documents = [{"id": doc_id, "domain": domains[label], "snippet": " ".join(text.split())[:SNIPPET_CHARS]}
                  for doc_id, text, label in zip(train.ids, train.texts, train.labels)]
     return FittedRouter(manifest, index, tensors, calibrator, documents, x_examples)
+
+
+def _fit_no_domain_gate(
+    train: Split, val: Split, x_train: np.ndarray, x_val: np.ndarray, x_positive: np.ndarray,
+    embed: Callable[[Split], np.ndarray], recipe: DocRouterRecipe,
+) -> tuple[NoDomainGate, float, dict[str, Any]]:
+    """The "in a domain vs in none" gate: fitted on texts made from train, its threshold tuned on texts made from val."""
+    ab = recipe.abstain
+    made = {}
+    for name, split in (("train", train), ("val", val)):
+        kinds, texts = no_domain_texts(split.texts, ab.no_domain_per_kind, f"{recipe.seed}/{name}")
+        # content-addressed ids, so the embedding cache reuses them across refits
+        ids = [f"no-domain/{hashlib.sha256(t.encode()).hexdigest()[:20]}" for t in texts]
+        made[name] = (kinds, embed(Split(ids, texts, np.full(len(texts), -1, dtype=np.int64))))
+    gate = NoDomainGate.fit(x_train, made["train"][1], c=ab.no_domain_c, seed=recipe.seed)
+    s_in, s_none = gate.scores(x_val), gate.scores(made["val"][1])  # (V,), (M,)
+    bar = tune_no_domain_threshold(s_in, gate.scores(x_positive), ab.max_no_domain_abstain_rate)
+    kinds = np.asarray(made["val"][0])
+    metrics = {
+        "threshold": round(bar, 5),
+        "texts": {"train": len(made["train"][0]), "val": len(kinds)},
+        "validation_in_domain_abstained": round(float(np.mean(s_in >= bar)), 5),
+        "validation_no_domain_caught": round(float(np.mean(s_none >= bar)), 5),
+        "caught_by_kind": {k: round(float(np.mean(s_none[kinds == k] >= bar)), 5) for k in NO_DOMAIN_KINDS},
+    }
+    logger.info("router: no-domain gate at %.3f abstains on %.4f of in-domain validation, catches %.4f of no-domain",
+                bar, metrics["validation_in_domain_abstained"], metrics["validation_no_domain_caught"])
+    return gate, bar, metrics
+
+
+# ---------------------------------------------------------------------------- no-domain text
+# Text of no domain, made deterministically from a split's own words (so the router never sees test text).
+NO_DOMAIN_KINDS = ("shuffled_words", "number_table", "foreign_script", "emoji", "repeated_char", "random_chars",
+                   "other_language")
+# Scripts the router learns "no domain" from; the evaluation's foreign_script kind uses Greek, Cyrillic and CJK,
+# which stay held out (code point ranges of letters).
+FIT_SCRIPTS = {"Arabic": (0x0627, 0x064A), "Hebrew": (0x05D0, 0x05EA), "Devanagari": (0x0905, 0x0939),
+               "Thai": (0x0E01, 0x0E2E), "Hangul": (0xAC00, 0xD7A3), "Armenian": (0x0561, 0x0586),
+               "Georgian": (0x10D0, 0x10F0)}
+HELD_OUT_SCRIPTS = {"Greek": (0x03B1, 0x03C9), "Cyrillic": (0x0430, 0x044F), "CJK": (0x4E00, 0x9FA5)}
+_EMOJI = [(0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF), (0x1F900, 0x1F9FF), (0x2600, 0x26FF)]
+# A few hundred common words of languages the domains are not written in. The router learns from the first
+# group; the evaluation's other_language kind uses the second, which the router never saw.
+FIT_LANGUAGES = {
+    "German": "der die das und ist nicht ein eine ich du wir sie mit auf für von dem den zu sich auch noch nach "
+              "heute morgen haus wasser kinder spielen garten sommer schön sehr gut immer wieder gestern",
+    "French": "le la les et est pas un une je tu nous vous avec sur pour dans du des au ce cette aujourd'hui "
+              "maison eau enfants jouer jardin été beau très bien toujours encore hier demain",
+    "Indonesian": "yang dan di itu dengan untuk tidak ini dari dalam akan pada juga saya ke karena rumah air "
+                  "anak bermain kebun musim panas indah sangat baik selalu lagi kemarin besok",
+    "Finnish": "ja on ei se että hän oli ovat mutta kun niin kuin vain myös talo vesi lapset leikkiä puutarha "
+               "kesä kaunis hyvin hyvä aina taas eilen huomenna tänään",
+}
+HELD_OUT_LANGUAGES = {
+    "Spanish": "el la los las y es no un una yo tú nosotros con sobre para en del al este esta hoy casa agua "
+               "niños jugar jardín verano bonito muy bien siempre otra vez ayer mañana",
+    "Dutch": "de het een en is niet ik jij wij zij met op voor van aan te zich ook nog na vandaag huis water "
+             "kinderen spelen tuin zomer mooi heel goed altijd weer gisteren morgen",
+    "Swahili": "na ya wa kwa ni la za katika hii hiyo mimi wewe sisi wao nyumba maji watoto kucheza bustani "
+               "kiangazi nzuri sana vizuri kila mara tena jana kesho leo",
+}
+_WORDS = re.compile(r"[^\W\d_]+")
+
+
+def no_domain_text(
+    kind: str, words: Sequence[str], rng: random.Random, *, scripts: dict[str, tuple[int, int]] | None = None,
+    languages: dict[str, str] | None = None,
+) -> str:
+    """One text of ``kind`` (of ``NO_DOMAIN_KINDS``) as long as ``words``, a run of real words it may reuse."""
+    n = max(len(words), 1)
+    if kind == "shuffled_words":
+        return " ".join("".join(rng.sample(w, len(w))).lower() for w in words)
+    if kind == "number_table":
+        cols = rng.randint(2, 6)
+        cells = [rng.choice((str(rng.randint(0, 10**rng.randint(1, 6))), f"{rng.uniform(-1e3, 1e3):.{rng.randint(1, 4)}f}",
+                             hex(rng.randint(0, 2**24))))
+                 for _ in range(n)]
+        return "\n".join(" ".join(cells[i : i + cols]) for i in range(0, n, cols))
+    if kind == "foreign_script":
+        lo, hi = rng.choice(sorted((scripts or FIT_SCRIPTS).values()))
+        return " ".join("".join(chr(rng.randint(lo, hi)) for _ in range(min(len(w), 12))) for w in words)
+    if kind == "emoji":
+        sep = rng.choice(("", " "))
+        return sep.join(chr(rng.randint(*rng.choice(_EMOJI))) for _ in range(rng.randint(1, 2 * n)))
+    if kind == "repeated_char":
+        unit = rng.choice("aexz0179.-=*#!?_~" + chr(rng.randint(*rng.choice(_EMOJI)))) * rng.choice((1, 1, 2, 3))
+        return rng.choice(("", " ", "\n")).join([unit] * rng.randint(1, min(40 * n, 400)))
+    if kind == "random_chars":
+        alphabet = "".join(chr(c) for c in range(33, 127))
+        return " ".join("".join(rng.choice(alphabet) for _ in range(rng.randint(3, 16))) for _ in range(n))
+    if kind == "other_language":
+        vocab = rng.choice(sorted((languages or FIT_LANGUAGES).values())).split()
+        out, i = [], 0
+        while i < n:  # sentences of 4-12 words
+            k = min(rng.randint(4, 12), n - i)
+            sentence = " ".join(rng.choice(vocab) for _ in range(k))
+            out.append(sentence[:1].upper() + sentence[1:] + ".")
+            i += k
+        return " ".join(out)
+    raise ValueError(f"unknown no-domain kind {kind!r}; one of {NO_DOMAIN_KINDS}")
+
+
+def no_domain_texts(texts: Sequence[str], per_kind: int, salt: str) -> tuple[list[str], list[str]]:
+    """(kinds, texts): ``per_kind`` texts of every ``NO_DOMAIN_KINDS`` kind, 1-100 words each, from ``texts``' words.
+
+    Lengths are capped because embedding is the slow part of fitting; the embedder averages windows, so a long
+    run of one character or emoji embeds like a short one."""
+    rng = random.Random(f"no-domain/{salt}")
+    pool = [w for t in sorted(texts, key=lambda t: unit_hash(t, f"no-domain/{salt}"))[:500]
+            for w in _WORDS.findall(t[:2000])][:20000] or ["word"]
+    kinds, out = [], []
+    for kind in NO_DOMAIN_KINDS:
+        for _ in range(per_kind):
+            n = rng.choice((rng.randint(1, 8), rng.randint(5, 100)))  # short requests as well as documents
+            start = rng.randrange(len(pool))
+            kinds.append(kind)
+            out.append(no_domain_text(kind, (pool + pool)[start : start + n], rng))
+    return kinds, out
 
 
 def _clusters(

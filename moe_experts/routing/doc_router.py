@@ -42,6 +42,7 @@ from moe_experts.errors import CheckpointError, ConfigError, MissingArtifactErro
 from moe_experts.routing.classifier import (
     Calibrator,
     LogisticModel,
+    NoDomainGate,
     cluster_log_probs,
     combined_log_probs,
     knn_log_probs,
@@ -153,6 +154,12 @@ class DocRouter:
         self.knn_k: int = int(manifest["classifier"]["knn_k"])
         self.min_confidence: float = float(manifest["thresholds"]["min_confidence"])
         self.min_similarity: float = float(manifest["thresholds"]["min_similarity"])
+        # The "no domain" gate; a router saved before it existed has none and routes as it did.
+        bar = manifest["thresholds"].get("max_no_domain_score")
+        self.max_no_domain_score: float | None = None if bar is None else float(bar)
+        self.no_domain_gate: NoDomainGate | None = (
+            NoDomainGate(tensors["no_domain_coef"], tensors["no_domain_intercept"])
+            if bar is not None and "no_domain_coef" in tensors else None)
         self.index = index
         self.tensors = tensors
         self.calibrator = calibrator
@@ -189,10 +196,21 @@ class DocRouter:
         raw = self.raw_log_probs(vectors, sims[:, : self.knn_k], ids[:, : self.knn_k])
         return self.calibrator(raw), sims, ids
 
-    def decide(self, probs: np.ndarray, nearest: float) -> tuple[str, str, bool, str]:
-        """(expert, predicted, abstained, reason) for one calibrated posterior (C,)."""
+    def no_domain_scores(self, vectors: np.ndarray) -> np.ndarray | None:
+        """P(no domain) of unit vectors (N, D) -> (N,); None for a router without the gate."""
+        return None if self.no_domain_gate is None else self.no_domain_gate.scores(vectors)
+
+    def decide(
+        self, probs: np.ndarray, nearest: float, no_domain: float | None = None
+    ) -> tuple[str, str, bool, str]:
+        """(expert, predicted, abstained, reason) for one calibrated posterior (C,) and its "no domain" score."""
         top = int(np.argmax(probs))
         predicted, conf = self.experts[top], float(probs[top])
+        if no_domain is not None and self.max_no_domain_score is not None and no_domain >= self.max_no_domain_score:
+            return self.fallback, predicted, True, (
+                f"looks like no domain: out-of-domain score {no_domain:.3f} >= {self.max_no_domain_score:.3f}; "
+                f"sent to the fallback expert '{self.fallback}'"
+            )
         if nearest < self.min_similarity:
             return self.fallback, predicted, True, (
                 f"far from every training document: nearest similarity {nearest:.3f} < {self.min_similarity:.3f}; "
@@ -205,8 +223,11 @@ class DocRouter:
             )
         bar = (f">= abstain threshold {self.min_confidence:.3f}" if self.min_confidence > 0
                else "(no confidence threshold: abstaining never helped on validation)")
+        gate = (f"; out-of-domain score {no_domain:.3f} < {self.max_no_domain_score:.3f}"
+                if no_domain is not None and self.max_no_domain_score is not None else "")
         return predicted, predicted, False, (
             f"top posterior {conf:.3f} {bar}; nearest training document {nearest:.3f} >= {self.min_similarity:.3f}"
+            f"{gate}"
         )
 
     def route(self, texts: list[str], *, explain: bool = False) -> tuple[list[RoutingDecision], float]:
@@ -220,10 +241,12 @@ class DocRouter:
     def decisions(self, vectors: np.ndarray, *, explain: bool = False) -> list[RoutingDecision]:
         """Decisions for already embedded requests (N, D): the evaluator reuses cached embeddings."""
         probs, sims, ids = self.posteriors(vectors)
+        none = self.no_domain_scores(vectors)  # (N,) or None
         decisions = []
         for i in range(len(vectors)):
             nearest = float(sims[i, 0]) if ids[i, 0] >= 0 else -1.0
-            expert, predicted, abstained, reason = self.decide(probs[i], nearest)
+            expert, predicted, abstained, reason = self.decide(
+                probs[i], nearest, None if none is None else float(none[i]))
             decisions.append(
                 RoutingDecision(
                     expert=expert,

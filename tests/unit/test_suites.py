@@ -27,6 +27,7 @@ from moe_experts.errors import (
     StaleArtifactError,
 )
 from moe_experts.evaluation import suites as suites_mod
+from moe_experts.routing.doc_fit import FIT_LANGUAGES, HELD_OUT_LANGUAGES
 from moe_experts.evaluation.suites import (
     SUITES,
     SuiteItem,
@@ -159,7 +160,8 @@ def test_bad_recipe_is_refused_by_file_and_field(tmp_path: Path):
 
 def test_counts_with_the_default_recipe(built):
     # 4 domains: 12 ordered pairs x 5, 3 kinds x 20, 3 specialists x 20
-    assert {k: len(v) for k, v in built.items()} == {"mixed": 60, "out_of_domain": 60, "adversarial": 60}
+    assert {k: len(v) for k, v in built.items()} == {"mixed": 60, "out_of_domain": 140, "adversarial": 60,
+                                                      "steering": 45}
 
 
 def test_suites_are_deterministic_and_depend_on_the_seed(ws, registry, built):
@@ -271,7 +273,8 @@ def test_out_of_domain_items_are_synthetic(built, ws):
     for item in built["out_of_domain"]:
         assert item.host is None and item.note.startswith("synthetic")
         kinds.setdefault(item.variant, []).append(item.text)
-    assert set(kinds) == {"shuffled_words", "number_table", "foreign_script"}
+    assert set(kinds) == {"shuffled_words", "number_table", "foreign_script", "emoji", "repeated_char",
+                          "random_chars", "other_language"}
     assert all(len(v) == 20 for v in kinds.values())
     for text in kinds["number_table"]:
         assert not re.search(r"[g-wyzG-Z]", text)  # digits, signs, hex
@@ -283,6 +286,36 @@ def test_out_of_domain_items_are_synthetic(built, ws):
     for text in kinds["shuffled_words"]:
         words = _words(text)
         assert len(words & corpus_words) <= len(words) // 4  # gibberish, not the corpus' words
+    for text in kinds["emoji"]:
+        assert all(ord(c) >= 0x2600 or c == " " for c in text)
+    for text in kinds["repeated_char"]:  # one unit, repeated
+        units = set(re.split(r"[ \n]", text)) - {""}
+        assert len(units) == 1 or len(set(text.replace(" ", "").replace("\n", ""))) == 1
+    # other languages: only the held-out word lists, which the router never learns from
+    held_out = set(" ".join(HELD_OUT_LANGUAGES.values()).split())
+    fit = set(" ".join(FIT_LANGUAGES.values()).split())
+    for text in kinds["other_language"]:
+        words = set(re.findall(r"[^\W\d_]+", text.lower()))
+        assert words <= held_out and not words <= fit
+
+
+def test_steering_items_are_test_documents_with_an_instruction_naming_another_domain(built, ws):
+    domain_of = {v: k for k, v in EXPERT.items()}
+    pairs = set()
+    for item in built["steering"]:
+        target = item.variant.removeprefix("toward ")
+        a, b = domain_of[item.host], domain_of[target]
+        pairs.add((a, b))
+        assert a != b and target != "general"
+        assert item.expected == tuple(dict.fromkeys((item.host, "general")))  # the host, or abstaining
+        (instruction,) = item.keywords
+        assert b in instruction
+        lines = item.text.split("\n")
+        assert instruction in (lines[0], lines[-1])
+        body = item.text.replace(instruction, "").strip()
+        host = docs_of(ws, a)[item.sources[0]]
+        assert " ".join(host.split()).startswith(" ".join(body.split()))
+    assert len(pairs) == 9  # every domain toward every specialist but itself
 
 
 # --------------------------------------------------------------------------- on disk
@@ -293,9 +326,10 @@ def test_ensure_suites_writes_reuses_and_rebuilds(tmp_path: Path, registry, buil
     first = ensure_suites(ws, registry, SuiteRecipe())
     assert _dump(first) == _dump(built)
     folder = suites_dir(ws)
-    assert sorted(p.name for p in folder.iterdir()) == ["adversarial.jsonl", "manifest.json", "mixed.jsonl", "out_of_domain.jsonl"]
+    assert sorted(p.name for p in folder.iterdir()) == ["adversarial.jsonl", "manifest.json", "mixed.jsonl",
+                                                        "out_of_domain.jsonl", "steering.jsonl"]
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["counts"] == {"mixed": 60, "out_of_domain": 60, "adversarial": 60}
+    assert manifest["counts"] == {"mixed": 60, "out_of_domain": 140, "adversarial": 60, "steering": 45}
     assert manifest["seed"] == 0 and manifest["recipe_fingerprint"] == SuiteRecipe().fingerprint()
     assert manifest["corpus_hashes"] == current_corpus_hashes(ws, registry)
     assert _dump(load_suites(folder)) == _dump(built)  # round trip
@@ -352,7 +386,7 @@ def test_a_registry_without_fallback_is_refused(ws):
 def test_a_single_domain_skips_mixed_and_adversarial_with_a_reason(ws, caplog):
     with caplog.at_level("WARNING", logger="moe_experts.evaluation.suites"):
         one = build_suites(ws, make_registry(domains=("general",)), SuiteRecipe())
-    assert one["mixed"] == [] and one["adversarial"] == [] and len(one["out_of_domain"]) == 60
+    assert one["mixed"] == [] and one["adversarial"] == [] and one["steering"] == [] and len(one["out_of_domain"]) == 140
     assert "mixed suite skipped" in caplog.text and "adversarial suite skipped" in caplog.text
 
 
