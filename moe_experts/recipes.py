@@ -63,7 +63,7 @@ class AbstainRecipe(StrictModel):
         default=0.01, ge=0.0, le=1.0,
         description="The gate's threshold lets at most this share of in-domain validation documents abstain.",
     )
-    no_domain_c: float = Field(default=1.0, gt=0.0, description="Inverse L2 strength of the gate's logistic model.")
+    no_domain_c: float = Field(default=10.0, gt=0.0, description="Inverse L2 strength of the gate's logistic model.")
 
 
 class UnsupervisedRecipe(StrictModel):

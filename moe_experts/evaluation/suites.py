@@ -44,7 +44,7 @@ The recipe (``eval/suites.yaml``, every field optional; see ``SuiteRecipe``):
 - The out-of-domain kinds ``emoji``, ``repeated_char``, ``random_chars`` and
   ``other_language`` are made by the router's own no-domain generator
   (``routing.doc_fit.no_domain_text``) from test-split word runs, with the
-  languages and scripts the router never learns from (``HELD_OUT_LANGUAGES``).
+  languages the router never learns from (``HELD_OUT_LANGUAGES``).
 
 Determinism: candidate documents are ordered by ``unit_hash`` of their text with
 a salt naming the seed, suite and domains, and every random choice comes from a
@@ -88,7 +88,7 @@ from moe_experts.errors import (
 )
 from moe_experts.evaluation import suite_text as st
 from moe_experts.evaluation.suite_text import MAX_KEYWORD_CHARS
-from moe_experts.routing.doc_fit import HELD_OUT_LANGUAGES, HELD_OUT_SCRIPTS, no_domain_text
+from moe_experts.routing.doc_fit import HELD_OUT_LANGUAGES, no_domain_text
 from moe_experts.workspace import (
     Workspace,
     atomic_dir,
@@ -400,7 +400,7 @@ def _out_of_domain(
                 text = st.foreign_script(script, [len(w) for w in words], rng)
                 note = f"synthetic: {len(words)} words of random {script} letters"
             else:  # the router's own no-domain kinds, with languages it never learned from
-                text = no_domain_text(kind, words, rng, languages=HELD_OUT_LANGUAGES, scripts=HELD_OUT_SCRIPTS)
+                text = no_domain_text(kind, words, rng, languages=HELD_OUT_LANGUAGES)
                 note = f"synthetic: {kind.replace('_', ' ')} ({len(text)} chars)"
             items.append(
                 SuiteItem(
