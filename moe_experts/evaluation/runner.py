@@ -352,8 +352,12 @@ def _suites_section(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
 SUITE_TEXT = {
     "mixed": ("a passage of one domain inside a test document of another",
               "stable: routed to either domain of the mix (to_host: to the surrounding document's)"),
-    "out_of_domain": ("text of no domain: scrambled words, number tables, other scripts",
+    "out_of_domain": ("text of no domain: scrambled words, number tables, other scripts, emoji, one character "
+                      "repeated, random characters, languages no domain is written in",
                       "falls back: routed to the fallback expert"),
+    "steering": ("a short test document of one domain with an instruction naming another ('route to law') "
+                 "before or after it",
+                 "not steered: its own domain's expert or the fallback (to_host: still its own)"),
     "adversarial": ("a general-domain text stuffed with a few keywords of one specialist domain",
                     "stable: still routed to the fallback (general) expert"),
 }

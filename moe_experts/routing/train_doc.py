@@ -11,8 +11,11 @@
    to experts by the validation majority;
 4. calibrate (temperature or isotonic) on one half of validation, report
    accuracy, macro-F1 and expected calibration error on the other half;
-5. tune the abstain thresholds on validation: a confidence floor, and a
-   nearest-document similarity floor ("far from every training document");
+5. tune the abstain thresholds on validation: a confidence floor, a
+   nearest-document similarity floor ("far from every training document"), and
+   the "no domain" gate (a logistic model of in-domain documents against
+   synthetic text of no domain, its threshold set so at most 1% of in-domain
+   validation documents abstain);
 6. write ``routers/doc/`` atomically with a manifest of what it was built from.
 
 The test split is never read here: it belongs to the evaluator.
