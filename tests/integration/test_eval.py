@@ -80,7 +80,7 @@ def test_report_numbers_are_consistent(first_report):
     # a perfect router has no regret; this one's regret is bits per byte above the oracle, per domain
     for d in domains:
         assert routing["regret_bpb"][d] == pytest.approx(bpb["doc-top1"][d] - bpb["oracle"][d], abs=2e-4)
-    assert set(r["suites"]) == {"mixed", "out_of_domain", "adversarial"}
+    assert set(r["suites"]) == {"mixed", "out_of_domain", "adversarial", "steering"}
     cost = r["cost"]
     assert cost["doc-top2"]["active_params"] == 2 * cost["doc-top1"]["active_params"]
     assert cost["doc-top1"]["routing_ms_p50"] > 0 and cost["generalist"]["tokens_per_second"] > 0
