@@ -120,6 +120,12 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 rows.append([name, system, str(s["documents"]), _f(v["correct"], 3),
                              _f(v.get("to_host"), 3) if "to_host" in v else "", _f(v["abstained"], 3), routed])
         notes = [f"{name}: {s['description']}; correct = {s['expected']}" for name, s in report["suites"].items()]
+        for system, v in report["suites"].get("steering", {}).get("by_system", {}).items():
+            if "host_posterior_change" in v:  # the same documents routed without their instruction
+                m = v["host_posterior_change"]
+                notes.append(f"steering, {system}: the instruction changed the host expert's posterior by "
+                             f"{m['mean']:+.3f} on average ({m['min']:+.3f} at worst) and "
+                             f"{100 * v['decisions_changed']:.1f}% of the decisions")
         out.append(Table("Routing suites", ["suite", "system", "documents", "correct", "to host", "abstained", "routed to"],
                          rows, notes))
         rows = [[name, system, variant, str(v["documents"]), _f(v["correct"], 3)]

@@ -345,8 +345,18 @@ def _suites_section(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
         if any(h is not None for h in hosts):
             entry["by_system"][ROUTED_TOP1]["to_host"] = _r(float(np.mean(
                 [x.expert == h for h, x in zip(hosts, decisions) if h is not None])))
+        if name == "steering":
+            entry["by_system"][ROUTED_TOP1].update(_steering_margin(router, items, decisions))
         out[name] = entry
     return out
+
+
+def _steering_margin(router: Any, items: list[Any], decisions: list[Any]) -> dict[str, Any]:
+    """How far the instructions moved the router: each item routed again without its instruction."""
+    plain, _ = router.route([item.text.replace(item.keywords[0], "", 1).strip() for item in items])
+    change = [x.posterior[item.host] - y.posterior[item.host] for item, x, y in zip(items, decisions, plain)]
+    return {"host_posterior_change": {"mean": _r(float(np.mean(change))), "min": _r(float(np.min(change)))},
+            "decisions_changed": _r(float(np.mean([x.expert != y.expert for x, y in zip(decisions, plain)])))}
 
 
 SUITE_TEXT = {

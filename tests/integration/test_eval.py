@@ -45,6 +45,7 @@ def test_report_files_and_schema(first_report):
                      *moe, "oracle"]
     assert {s["name"] for s in report["skipped"]} == {"generalist-params", *({"token-moe"} - set(moe))}
     assert all(s["hint"] for s in report["skipped"])
+    assert "steering, doc-top1: the instruction changed the host expert's posterior by" in (folder / "report.md").read_text()
     for key, name in report["files"]["plots"].items():
         data = (folder / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 1000, key
@@ -81,6 +82,9 @@ def test_report_numbers_are_consistent(first_report):
     for d in domains:
         assert routing["regret_bpb"][d] == pytest.approx(bpb["doc-top1"][d] - bpb["oracle"][d], abs=2e-4)
     assert set(r["suites"]) == {"mixed", "out_of_domain", "adversarial", "steering"}
+    steered = r["suites"]["steering"]["by_system"]["doc-top1"]
+    margin = steered["host_posterior_change"]  # each item routed again without its instruction
+    assert -1.0 <= margin["min"] <= margin["mean"] <= 1.0 and 0.0 <= steered["decisions_changed"] <= 1.0
     cost = r["cost"]
     assert cost["doc-top2"]["active_params"] == 2 * cost["doc-top1"]["active_params"]
     assert cost["doc-top1"]["routing_ms_p50"] > 0 and cost["generalist"]["tokens_per_second"] > 0
