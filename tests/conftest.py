@@ -119,3 +119,29 @@ def routed(trained_setup, tmp_path_factory):
     recipe_path.write_text(yaml.safe_dump(SMALL_ROUTER_RECIPE))
     manifest = train_doc_router(trained_setup, load_recipe(recipe_path))
     return trained_setup, manifest, recipe_path
+
+
+def save_user_model(folder: Path, texts: list[str], *, architecture: str = "llama") -> Path:
+    """A tiny causal LM with its own byte-level BPE, written as any user's `save_pretrained` folder would be
+    (what `hf download` puts in a snapshot): ``architecture`` llama, or gpt2 for a model the merge refuses."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
+    torch.manual_seed(0)
+    if architecture == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(fast), n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                                           eos_token_id=fast.eos_token_id, bos_token_id=fast.eos_token_id))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                             eos_token_id=fast.eos_token_id))
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

@@ -319,24 +319,13 @@ def test_the_token_router_is_marked_stale_when_the_set_changes(grow):
 
 
 def test_a_pretrained_expert_of_another_architecture_is_served_by_the_document_router(grow, tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
     from moe_experts.lifecycle import add_expert
     from moe_experts.pipeline import check_token_router
     from moe_experts.recipes import TokenRouterRecipe
     from moe_experts.routing.doc_router import DocRouter, router_dir
+    from tests.conftest import save_user_model
 
-    folder = tmp_path / "gpt2-unix"
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(unix_documents(50), trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(fast), n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(folder)
-    fast.save_pretrained(folder)
+    folder = save_user_model(tmp_path / "gpt2-unix", unix_documents(50), architecture="gpt2")
 
     setup, recipe, new_card = grow
     data = yaml.safe_load(new_card.read_text())

@@ -5,36 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from moe_experts.config import ModelSource
 from moe_experts.errors import CheckpointError
 from moe_experts.modeling.checkpoints import load_pretrained
+from tests.conftest import save_user_model
 
 
 @pytest.fixture(scope="module")
 def local_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A causal LM saved the way any user's fine-tuned expert would be (plain save_pretrained)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("user-expert")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        ["the patient has a fever"] * 20,
-        trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=2, eos_token_id=fast.eos_token_id)
-    )
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return save_user_model(tmp_path_factory.mktemp("user-expert"), ["the patient has a fever"] * 20)
 
 
 def test_local_path_loads_and_generates(local_checkpoint: Path):

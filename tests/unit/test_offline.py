@@ -86,27 +86,9 @@ def from_pretrained_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, di
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A causal LM folder as save_pretrained writes it (what `hf download` puts in a snapshot)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tests.conftest import save_user_model
 
-    folder = tmp_path_factory.mktemp("tiny-hub-model")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        ["the patient has a fever"] * 20,
-        trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                         eos_token_id=fast.eos_token_id))
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return save_user_model(tmp_path_factory.mktemp("tiny-hub-model"), ["the patient has a fever"] * 20)
 
 
 # ------------------------------------------------------------------ the switch
