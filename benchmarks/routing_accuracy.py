@@ -70,7 +70,7 @@ def main() -> None:
     y_test = np.asarray(test_y)
 
     t0 = time.monotonic()
-    x_test = embed_cached(setup, router.embedder, test_ids, test_texts)  # (N, D)
+    x_test = embed_cached(setup, router.embedder, test_ids, test_texts, max_windows=router.max_windows)  # (N, D)
     embed_s = time.monotonic() - t0
     probs, sims, _ = router.posteriors(x_test)
     pred = probs.argmax(axis=1)

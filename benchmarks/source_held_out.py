@@ -126,6 +126,26 @@ class VectorCache:
     def __call__(self, ids: Sequence[str]) -> np.ndarray:
         return np.stack([self.vectors[i] for i in ids]).astype(np.float32)  # (N, D)
 
+    def texts(self, ids: Sequence[str], texts: Sequence[str], max_windows: int | None = None) -> np.ndarray:
+        """Vectors (N, D) of texts by id (of their first ``max_windows`` windows), embedding the ones not cached."""
+        missing = list({i: t for i, t in zip(ids, texts) if i not in self.vectors}.items())
+        for start in range(0, len(missing), 512):
+            part = missing[start : start + 512]
+            self.vectors.update(zip([i for i, _ in part], self.embedder.embed([t for _, t in part],
+                                                                               max_windows=max_windows)))
+            self.embedded += len(part)
+            self._save()
+        return self(ids)
+
+    def routed_as(self, docs: Sequence[Any], max_windows: int | None) -> np.ndarray:
+        """Vectors (N, D) of documents as a router reading their first ``max_windows`` windows embeds them."""
+        if max_windows is None:
+            return self.texts([d.id for d in docs], [d.text for d in docs])
+        # a document no longer than max_windows windows embeds as it does whole
+        ids = [d.id if len(self.embedder.chunks(d.text, max_windows + 1)) <= max_windows else f"{d.id}@first{max_windows}"
+               for d in docs]
+        return self.texts(ids, [d.text for d in docs], max_windows)
+
     def _save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         ids = list(self.vectors)
@@ -172,7 +192,7 @@ def fit_fold(fold: Fold, cache: VectorCache, *, experts: list[str], fallback: st
 
     fitted = fit_router(split(fold.train, fold.train_y), split(fold.val, fold.val_y), experts=experts,
                         domains=experts, fallback=fallback, recipe=recipe, embedder=embedder,
-                        embed=lambda s: cache(s.ids), examples=examples)
+                        embed=lambda s: cache.texts(s.ids, s.texts), examples=examples)
     return DocRouter.from_fit(fitted, embedder)
 
 
@@ -276,7 +296,6 @@ def main() -> None:
     embed_s = time.monotonic() - t0
 
     test_docs, test_y = [x for _, x in test], np.asarray([y for y, _ in test])
-    x_test = cache([x.id for x in test_docs])  # (T, D)
 
     def fit(fold: Fold) -> Any:
         return fit_fold(fold, cache, experts=experts, fallback=fallback, recipe=recipe, embedder=embedder,
@@ -285,11 +304,12 @@ def main() -> None:
     logger.info("fitting the router on every source")
     full = folds[None]
     router = fit(full)
-    top1, routed = route(router, x_test)
+    top1, routed = route(router, cache.routed_as(test_docs, router.max_windows))
     (base,) = tfidf_predict(full.train, full.train_y, [test_docs])
     in_distribution = {
         "train_documents": len(full.train), "val_documents": len(full.val), "test_documents": len(test_docs),
         "router_method": router.method, "router_thresholds": router.manifest["thresholds"],
+        "router_windows": router.manifest["windows"],
         "router_routed": score(routed == test_y), "router_top1": score(top1 == test_y),
         "tfidf_logreg": score(base == test_y),
     }
@@ -302,10 +322,10 @@ def main() -> None:
         logger.info("fitting without %s/%s (%d train, %d val documents); scoring %d", domain, source,
                     len(fold.train), len(fold.val), len(docs))
         r = fit(fold)
-        top1, routed = route(r, cache([x.id for x in docs]))
+        top1, routed = route(r, cache.routed_as(docs, r.max_windows))
         # the same router on the in-distribution test sample, less S's documents
         keep = np.asarray([x.source != source for x in test_docs])
-        id_top1, id_routed = route(r, x_test[keep])
+        id_top1, id_routed = route(r, cache.routed_as([x for x, k in zip(test_docs, keep) if k], r.max_windows))
         base, base_id = tfidf_predict(fold.train, fold.train_y, [docs, [x for x, k in zip(test_docs, keep) if k]])
         router_correct.append(routed == label)
         router_top1_correct.append(top1 == label)
@@ -316,7 +336,7 @@ def main() -> None:
                                                if x.id in held_ids)),
             "train_documents": len(fold.train), "val_documents": len(fold.val),
             "train_documents_of_domain": int((fold.train_y == label).sum()),
-            "router_method": r.method,
+            "router_method": r.method, "router_windows": r.max_windows,
             "router_routed": score(routed == label), "router_top1": score(top1 == label),
             "abstain_rate": round(float(np.mean(routed != top1)), 5),
             "routed_to": dict(Counter(experts[i] for i in routed)),

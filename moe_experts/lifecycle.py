@@ -292,7 +292,8 @@ def router_posterior(setup: Setup, domain: str, limit: int | None, expert: str |
             f"{', '.join(unknown)}, experts the cards no longer declare",
             hint="refit it first (`moe-experts train-router`), or use `init` seed")
     ids, texts = domain_sample(setup, domain, "train", limit)
-    probs, _, _ = router.posteriors(embed_cached(setup, router.embedder, ids, texts))  # (N, C)
+    vectors = embed_cached(setup, router.embedder, ids, texts, max_windows=router.max_windows)  # (N, D)
+    probs, _, _ = router.posteriors(vectors)  # (N, C)
     return {name: float(p) for name, p in zip(router.experts, probs.mean(axis=0))}
 
 

@@ -42,6 +42,31 @@ class ClassifierRecipe(StrictModel):
     calibration: Literal["temperature", "isotonic"] = "temperature"
 
 
+class WindowsRecipe(StrictModel):
+    """How much of a long request the router reads: its first ``max`` windows of the embedder's 256 tokens.
+
+    The training documents are always embedded whole. A request's first windows usually say its domain,
+    and every further window costs as much as the first, so ``auto`` picks, on validation, the fewest
+    windows that route as accurately as reading everything (within ``tolerance``).
+    """
+
+    max: int | Literal["auto"] | None = Field(
+        default="auto", description="Windows embedded per request: a number, 'auto' (chosen on validation), or "
+        "null for every window.")
+    candidates: list[int] = Field(default=[1, 2, 4], min_length=1, description="The numbers 'auto' tries.")
+    tolerance: float = Field(
+        default=0.002, ge=0.0, le=1.0, description="'auto' takes the fewest windows whose validation accuracy is "
+        "at most this far below reading every window.")
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowsRecipe:
+        if isinstance(self.max, int) and self.max < 1:
+            raise ValueError("windows.max must be at least 1 (or 'auto', or null for every window)")
+        if any(c < 1 for c in self.candidates):
+            raise ValueError("windows.candidates must all be at least 1")
+        return self
+
+
 class AbstainRecipe(StrictModel):
     """When the router hands a request to the fallback (general) expert instead of its top guess."""
 
@@ -89,6 +114,7 @@ class DocRouterRecipe(StrictModel):
     index: IndexRecipe = IndexRecipe()
     classifier: ClassifierRecipe = ClassifierRecipe()
     abstain: AbstainRecipe = AbstainRecipe()
+    windows: WindowsRecipe = WindowsRecipe()
     unsupervised: UnsupervisedRecipe = UnsupervisedRecipe()
     seed: int = 0
 

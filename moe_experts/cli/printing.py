@@ -66,6 +66,15 @@ def print_doc_router_summary(m: dict[str, Any], folder: Path) -> None:
         click.echo(f"  no domain   gate at out-of-domain score {nd['threshold']:.3f}; validation: in-domain abstained "
                    f"{nd['validation_in_domain_abstained']:.4f}, no-domain text caught {nd['validation_no_domain_caught']:.4f}"
                    f" ({nd['texts']['val']:,} texts: " + ", ".join(f"{k} {v:.2f}" for k, v in nd["caught_by_kind"].items()) + ")")
+    w = m.get("windows")
+    if w is not None:  # routers saved before bounded windows read every window
+        reads = "every window" if w["max"] is None else f"the first {w['max']} window{'s' * (w['max'] > 1)}"
+        how = "set by the recipe"
+        if w["chosen_by"] == "validation":
+            acc = w["validation_accuracy"]
+            how = ("chosen on validation, whose accuracy is " + ", ".join(
+                f"{v:.4f} with {k}" for k, v in acc.items() if k != "every") + f", {acc['every']:.4f} with all")
+        click.echo(f"  windows     reads {reads} of a request (256 tokens each); {how}")
     ex = m["metrics"]["card_examples"]
     click.echo(f"  card examples: {ex['positive']} positive reach their expert, {ex['negative']} negative stay away")
     for w in ex["misrouted"]:

@@ -270,7 +270,7 @@ class EvalContext:
             router = self.router()
             ids = [i for docs in self.docs.values() for i in docs.ids]
             texts = [t for docs in self.docs.values() for t in docs.texts]
-            vectors = embed_cached(self.setup, router.embedder, ids, texts)
+            vectors = embed_cached(self.setup, router.embedder, ids, texts, max_windows=router.max_windows)
             decisions = router.decisions(vectors)
             self._decisions, start = {}, 0
             for d, docs in self.docs.items():

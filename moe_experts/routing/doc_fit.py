@@ -37,7 +37,7 @@ from moe_experts.routing.classifier import (
     tune_confidence_threshold,
     tune_no_domain_threshold,
 )
-from moe_experts.routing.embedder import Embedder
+from moe_experts.routing.embedder import Embedder, pool_windows
 from moe_experts.routing.index import VectorIndex
 from moe_experts.workspace import versions
 
@@ -151,14 +151,23 @@ def fit_router(
         example_sims, _ = index.search(x_examples, 1)
         min_sim = min(min_sim, float(example_sims[positive, 0].min()) - 1e-3)
     pred = probs.argmax(axis=1)
-    abstain = (probs.max(axis=1) < min_conf) | (nearest < min_sim)
-    max_none, none_metrics = None, None
+    gate, max_none, none_metrics = None, None, None
     if recipe.abstain.no_domain_per_kind > 0:
         gate, max_none, none_metrics = _fit_no_domain_gate(
             train, val, x_train, x_val, x_examples[positive], embed, recipe)
         tensors |= {"no_domain_coef": gate.coef, "no_domain_intercept": gate.intercept}
-        abstain |= gate.scores(x_val) >= max_none
+    abstain = abstain_mask(probs, nearest, None if gate is None else gate.scores(x_val), min_conf, min_sim, max_none)
     routed = np.where(abstain, fallback_index, pred)
+
+    def route_vectors(x: np.ndarray) -> np.ndarray:
+        """Routed expert index (N,) of unit vectors (N, D): the fitted router's whole decision, vectorised."""
+        s, i = index.search(x, cr.knn_k)  # (N, k)
+        p = calibrator(raw_log_probs(method, tensors, x, s, i, n))
+        none = None if gate is None else gate.scores(x)
+        return np.where(abstain_mask(p, np.where(i[:, 0] >= 0, s[:, 0], -1.0), none, min_conf, min_sim, max_none),
+                        fallback_index, p.argmax(axis=1))
+
+    windows = choose_windows(val, routed, embed, embedder, recipe, route_vectors, x_val)
 
     metrics = {
         "calibration_half": _metrics(probs[half_a], val.labels[half_a], n),
@@ -202,6 +211,7 @@ def fit_router(
         },
         "thresholds": {"min_confidence": min_conf, "min_similarity": min_sim,
                        **({"max_no_domain_score": max_none} if max_none is not None else {})},
+        "windows": windows,
         "metrics": metrics,
         "seconds": {"embedding": round(embed_seconds, 1), "total": round(time.monotonic() - started, 1)},
         "versions": _versions(),
@@ -209,6 +219,81 @@ def fit_router(
     documents = [{"id": doc_id, "domain": domains[label], "snippet": " ".join(text.split())[:SNIPPET_CHARS]}
                  for doc_id, text, label in zip(train.ids, train.texts, train.labels)]
     return FittedRouter(manifest, index, tensors, calibrator, documents, x_examples)
+
+
+def abstain_mask(
+    probs: np.ndarray, nearest: np.ndarray, no_domain: np.ndarray | None, min_confidence: float,
+    min_similarity: float, max_no_domain_score: float | None,
+) -> np.ndarray:
+    """Which requests (N,) the router hands to the fallback: posterior (N, C) too flat, nearest training
+    document (N,) too far, or "no domain" score (N,) too high (``DocRouter.decide`` says why, one at a time)."""
+    out = (probs.max(axis=1) < min_confidence) | (nearest < min_similarity)
+    if no_domain is not None and max_no_domain_score is not None:
+        out |= no_domain >= max_no_domain_score
+    return out
+
+
+def raw_log_probs(
+    method: str, tensors: dict[str, np.ndarray], vectors: np.ndarray, sims: np.ndarray, ids: np.ndarray, n_classes: int,
+) -> np.ndarray:
+    """The ``method`` scorer's uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k)."""
+    if method == "clusters":
+        return cluster_log_probs(vectors, tensors["centroids"], tensors["cluster_expert"], n_classes)
+    labels = np.where(ids >= 0, tensors["doc_labels"][np.clip(ids, 0, None)], -1)  # (N, k)
+    knn = knn_log_probs(sims, labels, n_classes)
+    if method == "knn":
+        return knn
+    logreg = LogisticModel(tensors["coef"], tensors["intercept"]).log_probs(vectors)
+    return logreg if method == "logreg" else combined_log_probs(logreg, knn)
+
+
+def choose_windows(
+    val: Split, routed: np.ndarray, embed: Callable[[Split], np.ndarray], embedder: Embedder,
+    recipe: DocRouterRecipe, route_vectors: Callable[[np.ndarray], np.ndarray], x_val: np.ndarray,
+) -> dict[str, Any]:
+    """How many windows of a request the router embeds (``windows.max`` of the recipe, or chosen on validation).
+
+    ``routed`` (V,) is the validation decision reading every window. For each candidate k, every validation
+    document longer than k windows is embedded from its first k windows only (the windows are embedded once,
+    through ``embed``, so a cache keeps them) and routed again; the fewest windows whose accuracy is within
+    the recipe's tolerance of reading everything win.
+    """
+    wr = recipe.windows
+    if wr.max != "auto":
+        return {"max": wr.max, "chosen_by": "recipe"}
+    candidates = sorted(set(wr.candidates))
+    top = candidates[-1]
+    chunks = [embedder.chunks(text, top + 1) for text in val.texts]  # top + 1: whether a document is longer than top
+    long_docs = [i for i, c in enumerate(chunks) if len(c) > 1]
+    ids, texts, owner, weight, position = [], [], [], [], []
+    for i in long_docs:
+        for j, (chunk, n_tokens) in enumerate(chunks[i][:top]):
+            ids.append(f"{val.ids[i]}#window{j}")
+            texts.append(chunk)
+            owner.append(i)
+            weight.append(n_tokens)
+            position.append(j)
+    vecs = embed(Split(ids, texts, np.full(len(ids), -1, dtype=np.int64))) if ids else x_val[:0]  # (P, D)
+    owner_a, weight_a, position_a = np.asarray(owner, dtype=np.int64), np.asarray(weight), np.asarray(position)
+    full = accuracy(val.labels, routed)
+    by_k: dict[str, float] = {}
+    longer: dict[str, int] = {}
+    chosen = None
+    for k in candidates:
+        x = x_val.copy()
+        longer_than_k = np.asarray([i for i in long_docs if len(chunks[i]) > k], dtype=np.int64)
+        keep = (position_a < k) & np.isin(owner_a, longer_than_k)
+        if len(longer_than_k):
+            pooled = pool_windows(vecs[keep], owner_a[keep], weight_a[keep], len(val.texts))  # (V, D)
+            x[longer_than_k] = pooled[longer_than_k]
+        acc = accuracy(val.labels, route_vectors(x))
+        by_k[str(k)], longer[str(k)] = round(acc, 5), len(longer_than_k)
+        if chosen is None and acc >= full - wr.tolerance:
+            chosen = k
+    logger.info("router: reading %s windows of a request (validation accuracy %s; every window: %.4f)",
+                chosen if chosen is not None else "every", by_k, full)
+    return {"max": chosen, "chosen_by": "validation", "tolerance": wr.tolerance,
+            "validation_accuracy": {"every": round(full, 5), **by_k}, "documents_longer_than": longer}
 
 
 def _fit_no_domain_gate(

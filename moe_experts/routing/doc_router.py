@@ -39,15 +39,8 @@ from moe_experts.config import ExpertRegistry
 from moe_experts.recipes import DocRouterRecipe
 from moe_experts.data.split import unit_hash
 from moe_experts.errors import CheckpointError, ConfigError, MissingArtifactError, StaleArtifactError
-from moe_experts.routing.classifier import (
-    Calibrator,
-    LogisticModel,
-    NoDomainGate,
-    cluster_log_probs,
-    combined_log_probs,
-    knn_log_probs,
-)
-from moe_experts.routing.doc_fit import FORMAT_VERSION, FittedRouter, Split, fit_router
+from moe_experts.routing.classifier import Calibrator, NoDomainGate
+from moe_experts.routing.doc_fit import FORMAT_VERSION, FittedRouter, Split, fit_router, raw_log_probs
 from moe_experts.routing.embedder import Embedder, resolve_embedder, weights_hash
 from moe_experts.routing.index import INDEX_FILE, IndexInfo, VectorIndex
 from moe_experts.workspace import TMP_PREFIX, Workspace, file_records, verify_files, write_json_atomic
@@ -160,6 +153,8 @@ class DocRouter:
         self.no_domain_gate: NoDomainGate | None = (
             NoDomainGate(tensors["no_domain_coef"], tensors["no_domain_intercept"])
             if bar is not None and "no_domain_coef" in tensors else None)
+        # The windows of a request it reads (chosen on validation); None: every window, as routers saved before.
+        self.max_windows: int | None = (manifest.get("windows") or {}).get("max")
         self.index = index
         self.tensors = tensors
         self.calibrator = calibrator
@@ -180,15 +175,7 @@ class DocRouter:
 
     def raw_log_probs(self, vectors: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k)."""
-        n_classes = len(self.experts)
-        if self.method == "clusters":
-            return cluster_log_probs(vectors, self.tensors["centroids"], self.tensors["cluster_expert"], n_classes)
-        labels = np.where(ids >= 0, self.tensors["doc_labels"][np.clip(ids, 0, None)], -1)  # (N, k)
-        knn = knn_log_probs(sims, labels, n_classes)
-        if self.method == "knn":
-            return knn
-        logreg = LogisticModel(self.tensors["coef"], self.tensors["intercept"]).log_probs(vectors)
-        return logreg if self.method == "logreg" else combined_log_probs(logreg, knn)
+        return raw_log_probs(self.method, self.tensors, vectors, sims, ids, len(self.experts))
 
     def posteriors(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(calibrated posterior (N, C), neighbour similarities (N, k), neighbour ids (N, k))."""
@@ -234,7 +221,7 @@ class DocRouter:
         """Decisions for many requests, and the seconds spent (embedding + search + classifier)."""
         embedder = self.embedder  # loading the model is not part of routing latency
         started = time.perf_counter()
-        vectors = embedder.embed(texts)  # (N, D)
+        vectors = embedder.embed(texts, max_windows=self.max_windows)  # (N, D)
         decisions = self.decisions(vectors, explain=explain)
         return decisions, time.perf_counter() - started
 

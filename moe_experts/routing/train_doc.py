@@ -66,14 +66,18 @@ def _read_split(setup: Setup, split: str, limit: int | None) -> Split:
     return Split(ids, texts, np.asarray(labels, dtype=np.int64))
 
 
-def embed_cached(setup: Setup, embedder: Embedder, ids: list[str], texts: list[str]) -> np.ndarray:
-    """Embeddings (N, D) of documents, reusing those already computed with the same embedder weights.
+def embed_cached(
+    setup: Setup, embedder: Embedder, ids: list[str], texts: list[str], *, max_windows: int | None = None,
+) -> np.ndarray:
+    """Embeddings (N, D) of documents (of their first ``max_windows`` windows), reusing those already computed.
 
     On CPU, embedding is the slow part of training a router (~10-60 documents/s on
     2 cores); the cache in ``embeddings/<weights hash>/`` makes retraining with
     another recipe, the benchmarks and the evaluator cost nothing extra.
     """
     folder = setup.workspace.embeddings_dir(embedder.info.sha256)
+    if max_windows is not None:  # a router that reads only a request's first windows
+        folder = folder.with_name(f"{folder.name}-first{max_windows}")
     path = folder / "vectors.npy"
     cached: dict[str, int] = {}
     vectors = np.zeros((0, embedder.dim), dtype=np.float32)
@@ -93,7 +97,7 @@ def embed_cached(setup: Setup, embedder: Embedder, ids: list[str], texts: list[s
         with Progress("embedding", total=len(missing), unit="doc") as bar:
             for start in range(0, len(missing), EMBED_BLOCK):
                 block = missing[start : start + EMBED_BLOCK]
-                parts.append(embedder.embed([texts[i] for i in block]))
+                parts.append(embedder.embed([texts[i] for i in block], max_windows=max_windows))
                 bar.update(len(block))
         all_ids = [*cached, *(ids[i] for i in missing)]
         vectors = np.concatenate([vectors, *parts])
@@ -159,7 +163,8 @@ def forget_embeddings(setup: Setup, doc_ids: set[str]) -> int:
         if not (ids_path.exists() and vec_path.exists()):
             continue
         ids = json.loads(ids_path.read_text())
-        keep = [i for i, doc_id in enumerate(ids) if doc_id not in doc_ids]
+        # a document's own row, and its windows' rows (``<id>#window<j>``, embedded to choose how many a router reads)
+        keep = [i for i, doc_id in enumerate(ids) if doc_id.split("#window", 1)[0] not in doc_ids]
         if len(keep) == len(ids):
             continue
         vectors = np.load(vec_path, allow_pickle=False)[keep]

@@ -57,3 +57,33 @@ def test_fit_refuses_bad_input():
                       val_labels=["code", "code"])
     with pytest.raises(ConfigError, match="3 texts but 2 labels"):
         DocRouter.fit(CODE[:3], ["code", "law"], fallback="law")
+
+
+def test_a_router_reads_the_windows_chosen_on_validation(fitted, tmp_path):
+    import copy
+
+    windows = fitted.manifest["windows"]
+    # the validation texts are all one window long, so reading one window routes them exactly as reading all
+    assert windows["chosen_by"] == "validation" and windows["max"] == 1
+    assert windows["documents_longer_than"] == {"1": 0, "2": 0, "4": 0}
+    assert set(windows["validation_accuracy"]) == {"every", "1", "2", "4"}
+    # a request whose first window is clinical and whose remaining six are code
+    clinical = " ".join(MEDICINE[i % len(MEDICINE)] for i in range(12))
+    request = clinical + "\n" + "\n".join(CODE[i % len(CODE)] for i in range(120))
+    assert len(fitted.embedder.chunks(request)) >= 5
+    assert fitted.route([request])[0][0].expert == "medicine"
+    every = copy.copy(fitted)
+    every.max_windows = None
+    assert every.route([request])[0][0].expert == "code"
+    fitted.save(tmp_path / "router")
+    assert DocRouter.load(tmp_path / "router").max_windows == 1
+
+
+def test_the_recipe_can_fix_the_windows():
+    texts = CODE + LAW
+    labels = ["code"] * len(CODE) + ["law"] * len(LAW)
+    router = DocRouter.fit(texts, labels, fallback="law", recipe=DocRouterRecipe(
+        abstain={"far_quantile": 0.0, "no_domain_per_kind": 0}, windows={"max": None}), val_fraction=0.3)
+    assert router.max_windows is None and router.manifest["windows"] == {"max": None, "chosen_by": "recipe"}
+    with pytest.raises(ValueError, match="windows.max must be at least 1"):
+        DocRouterRecipe(windows={"max": 0})

@@ -45,6 +45,23 @@ def test_long_text_is_the_weighted_mean_of_its_chunks(embedder: Embedder):
     assert not np.allclose(got, parts[0], atol=1e-3)
 
 
+def test_bounded_windows_are_the_first_windows_of_the_whole_text(embedder: Embedder):
+    full = embedder.chunks(LONG)
+    # mixed-length words and a word cut by the prefix: the prefix tokenization must not shift any window
+    odd = " ".join(f"unbelievably{i} x{'y' * (i % 17)}" for i in range(3000))
+    for text in (LONG, odd):
+        whole = embedder.chunks(text)
+        for k in (1, 2, 3):
+            assert embedder.chunks(text, k) == whole[:k]
+    assert embedder.chunks("short text", 1) == [("short text", 2)]
+    assert len(embedder.chunks(LONG, 100)) == len(full)
+    capped = embedder.embed([LONG], max_windows=2)[0]
+    parts = embedder.embed([c for c, _ in full[:2]])  # (2, D)
+    weights = np.array([n for _, n in full[:2]], dtype=np.float32)
+    expected = (parts * weights[:, None]).sum(axis=0)
+    assert np.allclose(capped, expected / np.linalg.norm(expected), atol=1e-5)
+
+
 def test_vectors_are_unit_and_batches_are_independent(embedder: Embedder):
     texts = ["hypertension and fever", "def f(x): return x", LONG]
     together = embedder.embed(texts)
