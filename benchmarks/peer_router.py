@@ -49,7 +49,6 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Literal  # noqa: E402
 
@@ -59,15 +58,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
 from benchmarks.source_held_out import (  # noqa: E402
-    SPLITS,
-    TEST_PER_DOMAIN,
+    Bench,
     Fold,
-    VectorCache,
+    add_arguments,
     bootstrap_macro,
-    build_fold,
     code_version,
     fit_fold,
-    held_out_sources,
+    prepare,
+    route,
     sample,
     score,
 )
@@ -75,6 +73,7 @@ from benchmarks.source_held_out import (  # noqa: E402
 logger = logging.getLogger("peer_router")
 
 Aggregation = Literal["mean", "max", "sum"]
+Turns = tuple[list[float], list[Any]]  # a router's seconds and output per item
 INSTALL = "pip install -r benchmarks/requirements-peer.txt"
 
 
@@ -182,14 +181,6 @@ class TextVectors:
 
 
 # ---------------------------------------------------------------------- semantic-router
-def semantic_router_api() -> Any:
-    try:
-        import semantic_router
-    except ImportError as exc:
-        raise SystemExit(f"this benchmark needs semantic-router==1.1.1: {INSTALL}") from exc
-    return semantic_router
-
-
 def memo_encoder(model_path: Path, store: TextVectors, *, block: int = 256) -> Any:
     """semantic-router's HuggingFaceEncoder that encodes each distinct text once (into ``store``)."""
     from semantic_router.encoders import HuggingFaceEncoder
@@ -273,97 +264,17 @@ def router_aggregation(router: Any) -> Aggregation:
 
 
 # ---------------------------------------------------------------------- timing
-def time_batches(routers: dict[str, Callable[[list[str]], Any]], texts: list[str], repeats: int) -> dict[str, Any]:
-    """Each router routes the whole list ``repeats`` times, taking turns."""
-    seconds: dict[str, list[float]] = {name: [] for name in routers}
-    for rep in range(repeats):
+def take_turns(routers: dict[str, Callable[[Any], Any]], items: Sequence[Any]) -> dict[str, Turns]:
+    """(seconds, output) of every item, one at a time, the routers taking turns item by item (so background load
+    falls on both alike)."""
+    out: dict[str, Turns] = {name: ([], []) for name in routers}
+    for item in items:
         for name, fn in routers.items():
             started = time.perf_counter()
-            fn(texts)
-            seconds[name].append(time.perf_counter() - started)
-            logger.info("batch %d/%d: %s %d documents in %.1f s", rep + 1, repeats, name, len(texts), seconds[name][-1])
-    return {name: throughput_summary(len(texts), s) for name, s in seconds.items()}
-
-
-def time_requests(routers: dict[str, Callable[[str], int]], texts: list[str]) -> dict[str, tuple[list[float], list[int]]]:
-    """(seconds, expert index) of every request, one at a time, the routers taking turns request by request."""
-    out: dict[str, tuple[list[float], list[int]]] = {name: ([], []) for name in routers}
-    for text in texts:
-        for name, fn in routers.items():
-            started = time.perf_counter()
-            expert = fn(text)
+            result = fn(item)
             out[name][0].append(time.perf_counter() - started)
-            out[name][1].append(expert)
+            out[name][1].append(result)
     return out
-
-
-# ---------------------------------------------------------------------- the workspace
-@dataclass(frozen=True)
-class Bench:
-    """What both routers learn from and are scored on (labels index ``experts``), as source_held_out.py builds it."""
-
-    experts: list[str]
-    fallback: str
-    examples: list[tuple[str, str, bool]]  # the cards' (expert, text, positive?) prompts
-    recipe: Any
-    embedder: Any  # moe_experts Embedder
-    cache: VectorCache
-    sources: dict[str, Counter[str]]
-    test: list[tuple[int, Any]]  # (label, Document): the in-distribution test sample
-    folds: dict[str | None, Fold]  # by held-out source; None: every source
-    held: dict[tuple[str, str], list[Any]]  # (domain, source) -> its val+test documents scored
-
-    def fit_ours(self, fold: Fold) -> Any:
-        return fit_fold(fold, self.cache, experts=self.experts, fallback=self.fallback, recipe=self.recipe,
-                        embedder=self.embedder, examples=self.examples)
-
-    def ours_decisions(self, router: Any, docs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """(routed (N,), top-1 (N,)) of our router: ``decisions`` (what ``route`` gives, no-domain gate included)
-        on the cached vectors of the documents as the router embeds them (its window bound)."""
-        ds = router.decisions(self.cache.routed_as(docs, router.max_windows))
-        return (np.asarray([self.experts.index(d.expert) for d in ds]),
-                np.asarray([self.experts.index(d.predicted) for d in ds]))
-
-
-def load_bench(workspace: Path, recipe_path: Path, cards_dirs: list[Path], per_source: int, cache_dir: Path) -> Bench:
-    from moe_experts.config import load_card
-    from moe_experts.data.build import iter_documents
-    from moe_experts.data.split import unit_hash
-    from moe_experts.recipes import load_recipe
-    from moe_experts.routing.embedder import Embedder
-    from moe_experts.workspace import Workspace, read_json
-
-    ws = Workspace(workspace.absolute())
-    recipe = load_recipe(recipe_path)
-    domains = sorted(read_json(ws.root / "corpora" / "moe_experts.json")["domains"])
-    cards = []
-    for domain in domains:
-        path = next((f / f"{domain}.yaml" for f in cards_dirs if (f / f"{domain}.yaml").exists()), None)
-        if path is None:
-            raise SystemExit(f"no card {domain}.yaml in {[str(f) for f in cards_dirs]}; give its folder with --cards")
-        cards.append(load_card(path))
-    experts = [c.name for c in cards]
-    if [c.domain for c in cards] != domains or experts != domains:
-        raise SystemExit(f"cards {experts} do not name the workspace's domains {domains} one to one")
-    corpora = {d: {s: list(iter_documents(ws, d, s)) for s in SPLITS} for d in domains}  # type: ignore[arg-type]
-    sources = {d: Counter(doc.source for s in SPLITS for doc in corpora[d][s]) for d in domains}
-    embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size)
-    folds: dict[str | None, Fold] = {None: build_fold(corpora, experts, recipe, None)}
-    held = {}
-    for domain, source in held_out_sources(sources):
-        folds[source] = build_fold(corpora, experts, recipe, source)
-        docs = [x for s in ("val", "test") for x in corpora[domain][s] if x.source == source]
-        held[domain, source] = sample(docs, per_source, lambda x: unit_hash(x.id, "source-held-out"))
-    return Bench(
-        experts=experts, fallback=next(c.name for c in cards if c.fallback),
-        examples=[(c.name, t, pos) for c in cards
-                  for pos, ts in ((True, c.examples.positive), (False, c.examples.negative)) for t in ts],
-        recipe=recipe, embedder=embedder,
-        cache=VectorCache(embedder, ws.embeddings_dir(embedder.info.sha256), cache_dir / embedder.info.sha256[:16]),
-        sources=sources,
-        test=[(label, doc) for label, d in enumerate(domains)
-              for doc in sample(corpora[d]["test"], TEST_PER_DOMAIN, lambda x: unit_hash(x.text, "bench-test"))],
-        folds=folds, held=held)
 
 
 # ---------------------------------------------------------------------- the three measurements
@@ -374,9 +285,9 @@ def macro(correct: list[np.ndarray]) -> dict[str, Any]:
 
 
 def test_split_accuracy(bench: Bench, ours: Any, tuned: Any, defaults: Any, store: TextVectors) -> dict[str, Any]:
-    docs, y = [d for _, d in bench.test], np.asarray([label for label, _ in bench.test])
+    docs, y = bench.test_docs, bench.test_y
     texts = [d.text for d in docs]
-    routed, top1 = bench.ours_decisions(ours, docs)
+    top1, routed = route(ours, bench.cache.routed_as(docs, ours.max_windows))
     tuned_y, tuned_none = sr_route(tuned, texts, bench.experts, bench.fallback)
     defaults_y, defaults_none = sr_route(defaults, texts, bench.experts, bench.fallback)
     reference = sr_reference(tuned, store(texts), bench.experts)
@@ -397,13 +308,14 @@ def test_split_accuracy(bench: Bench, ours: Any, tuned: Any, defaults: Any, stor
     return out
 
 
-def source_held_out_accuracy(bench: Bench, fit_sr: Callable[[Fold], Any]) -> dict[str, Any]:
+def source_held_out_accuracy(bench: Bench, fit_ours: Callable[[Fold], Any],
+                             fit_sr: Callable[[Fold], Any]) -> dict[str, Any]:
     rows, ours_correct, tuned_correct = [], [], []
-    for (domain, source), docs in bench.held.items():
-        fold, label = bench.folds[source], bench.experts.index(domain)
+    for domain, source in bench.plan:
+        docs, fold, label = bench.held[source], bench.folds[source], bench.experts.index(domain)
         logger.info("fitting without %s/%s (%d train documents); scoring %d", domain, source, len(fold.train), len(docs))
-        r = bench.fit_ours(fold)
-        routed, top1 = bench.ours_decisions(r, docs)
+        r = fit_ours(fold)
+        top1, routed = route(r, bench.cache.routed_as(docs, r.max_windows))
         peer, peer_none = sr_route(fit_sr(fold), [x.text for x in docs], bench.experts, bench.fallback)
         ours_correct.append(routed == label)
         tuned_correct.append(peer == label)
@@ -429,8 +341,10 @@ def speed(bench: Bench, ours: Any, timed: Any, memoised: Any, *, batch_documents
 
     experts, fallback, n_domains = bench.experts, bench.fallback, len(bench.experts)
 
+    test = [(int(label), d) for label, d in zip(bench.test_y, bench.test_docs)]
+
     def of_domain(y: int, n: int, salt: str) -> list[Any]:
-        return sample([d for label, d in bench.test if label == y], n, lambda x: unit_hash(x.id, salt))
+        return sample([d for label, d in test if label == y], n, lambda x: unit_hash(x.id, salt))
 
     def n_tokens(text: str) -> int:
         return len(bench.embedder.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
@@ -439,69 +353,65 @@ def speed(bench: Bench, ours: Any, timed: Any, memoised: Any, *, batch_documents
     batch_texts, batch_y = [d.text for _, d in batch], np.asarray([y for y, _ in batch])
     short = [(y, first_sentence(d.text)) for y in range(n_domains)
              for d in of_domain(y, max(1, requests // n_domains), "peer-short")]
-    long_pool = [(y, d) for y, d in bench.test if n_tokens(d.text) > long_above]
+    long_pool = [(y, d) for y, d in test if n_tokens(d.text) > long_above]
     long_docs = [(y, d.text) for y, d in sample(long_pool, requests, lambda p: unit_hash(p[1].id, "peer-long"))]
 
-    decided: dict[str, list[np.ndarray]] = {"ours": [], "semantic_router_tuned": []}
-
-    def ours_many(texts: list[str]) -> None:
+    def ours_many(texts: list[str]) -> np.ndarray:
         decisions, _ = ours.route(texts)
-        decided["ours"].append(np.asarray([experts.index(d.expert) for d in decisions]))
+        return np.asarray([experts.index(d.expert) for d in decisions])
 
-    def sr_many(texts: list[str]) -> None:
-        decided["semantic_router_tuned"].append(sr_route(timed, texts, experts, fallback)[0])
-
-    def ours_one(text: str) -> int:
-        (decision,), _ = ours.route([text])
-        return experts.index(decision.expert)
+    def sr_many(texts: list[str]) -> np.ndarray:
+        return sr_route(timed, texts, experts, fallback)[0]
 
     def sr_one(text: str) -> int:
         return decision_index(timed(text).name, experts, fallback)
 
-    one = {"ours": ours_one, "semantic_router_tuned": sr_one}
+    one = {"ours": lambda text: int(ours_many([text])[0]), "semantic_router_tuned": sr_one}
     logger.info("timing: warm-up")
-    time_requests(one, [t for _, t in short[:3]])
+    take_turns(one, [t for _, t in short[:3]])
     logger.info("timing: %d-document batches, %d runs each", len(batch_texts), repeats)
-    throughput = time_batches({"ours": ours_many, "semantic_router_tuned": sr_many}, batch_texts, repeats)
+    batches = take_turns({"ours": ours_many, "semantic_router_tuned": sr_many}, [batch_texts] * repeats)
+    throughput = {name: throughput_summary(len(batch_texts), s) for name, (s, _) in batches.items()}
+    logger.info("batch throughput (q/s): %s", {name: t["queries_per_s"] for name, t in throughput.items()})
+    decided = {name: routed[0] for name, (_, routed) in batches.items()}  # the first run's decisions
     latency: dict[str, Any] = {}
     for kind, reqs in (("short", short), ("long", long_docs)):
         logger.info("timing: %d %s requests, one at a time", len(reqs), kind)
         y = np.asarray([label for label, _ in reqs])
         latency[kind] = {"requests": len(reqs), "by_domain": dict(Counter(experts[i] for i in y)),
                          "tokens_p50": int(np.median([n_tokens(t) for _, t in reqs]))}
-        timed_requests = time_requests(one, [t for _, t in reqs])
+        timed_requests = take_turns(one, [t for _, t in reqs])
         for name, (seconds, routed) in timed_requests.items():
             latency[kind][name] = {**latency_summary(seconds), "accuracy": score(np.asarray(routed) == y)}
         latency[kind]["ours_minus_tuned"] = paired_difference(timed_requests["ours"][0],
                                                               timed_requests["semantic_router_tuned"][0])
-    cached, _ = bench.ours_decisions(ours, [d for _, d in batch])
+    _, cached = route(ours, bench.cache.routed_as([d for _, d in batch], ours.max_windows))
     memo_y, _ = sr_route(memoised, batch_texts, experts, fallback)
     checks = {
-        "ours_live_equals_cached": f"{int((decided['ours'][0] == cached).sum())}/{len(batch)}",
-        "tuned_fresh_equals_memoised": f"{int((decided['semantic_router_tuned'][0] == memo_y).sum())}/{len(batch)}",
-        "batch_accuracy_live": {name: score(d[0] == batch_y) for name, d in decided.items()},
+        "ours_live_equals_cached": f"{int((decided['ours'] == cached).sum())}/{len(batch)}",
+        "tuned_fresh_equals_memoised": f"{int((decided['semantic_router_tuned'] == memo_y).sum())}/{len(batch)}",
+        "batch_accuracy_live": {name: score(d == batch_y) for name, d in decided.items()},
     }
     return {"throughput": throughput, "latency": latency, "checks": checks}
 
 
 # ---------------------------------------------------------------------- main
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """source_held_out.py's arguments (workspace, recipe, cards, --per-source, --cache, --out) and the peer's."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-w", "--workspace", type=Path, default=Path("runs/tiny"))
-    ap.add_argument("--recipe", type=Path, default=Path("router_training/doc.yaml"))
-    ap.add_argument("--cards", nargs="+", type=Path, default=[Path("experts"), Path("experts/extra")],
-                    help="folders holding the workspace's expert cards (<domain>.yaml)")
-    ap.add_argument("--per-source", type=int, default=300, help="held-out documents per source (val+test, by id hash)")
+    add_arguments(ap)
     ap.add_argument("--top-k", type=int, default=20, help="tuned semantic-router: utterances scored per query")
     ap.add_argument("--aggregation", choices=["sum", "mean", "max"], default="sum")
     ap.add_argument("--batch-documents", type=int, default=300, help="test documents routed as one batch")
     ap.add_argument("--requests", type=int, default=50, help="single requests of each kind (short, long)")
     ap.add_argument("--repeats", type=int, default=3, help="timed batch runs per router")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/sho/embeddings"), help="our new embeddings go here")
     ap.add_argument("--sr-cache", type=Path, default=Path("/tmp/peer/sr-embeddings"),
                     help="semantic-router encoder vectors (accuracy part only)")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.monotonic()
 
@@ -510,13 +420,13 @@ def main() -> None:
 
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
-    semantic_router = semantic_router_api()
+    try:
+        import semantic_router
+    except ImportError as exc:
+        raise SystemExit(f"this benchmark needs semantic-router==1.1.1: {INSTALL}") from exc
     confine_to_one_worker()
 
-    bench = load_bench(args.workspace, args.recipe, args.cards, args.per_source, args.cache)
-    logger.info("held-out sources: %s", list(bench.held))
-    bench.cache.ensure([x for f in bench.folds.values() for x in f.train + f.val] + [d for _, d in bench.test]
-                       + [x for docs in bench.held.values() for x in docs])
+    bench = prepare(args)  # our vectors: every document the runs route, embedded once
 
     # semantic-router's encoder: what it keeps of a long text, then every text it will see, encoded once
     model_path, sha = bench.embedder.path, bench.embedder.info.sha256
@@ -525,19 +435,23 @@ def main() -> None:
     store = TextVectors(args.sr_cache / f"{sha[:16]}-t{sr_truncation}")
     memo = memo_encoder(model_path, store)
     t0 = time.monotonic()
-    memo([x.text for f in bench.folds.values() for x in f.train] + [d.text for _, d in bench.test]
+    memo([x.text for f in bench.folds.values() for x in f.train] + [d.text for d in bench.test_docs]
          + [x.text for docs in bench.held.values() for x in docs])
     sr_embed_s = time.monotonic() - t0
+
+    def fit_ours(fold: Fold) -> Any:
+        return fit_fold(fold, bench.cache, experts=bench.experts, fallback=bench.fallback, recipe=bench.recipe,
+                        embedder=bench.embedder, examples=bench.examples)
 
     def fit_sr(fold: Fold) -> Any:
         return sr_router(memo, train=fold.train, train_y=fold.train_y, experts=bench.experts, top_k=args.top_k,
                          aggregation=args.aggregation)
 
     logger.info("fitting both routers on every source")
-    ours, tuned = bench.fit_ours(bench.folds[None]), fit_sr(bench.folds[None])
+    ours, tuned = fit_ours(bench.folds[None]), fit_sr(bench.folds[None])
     defaults = semantic_router.IndexedRouter(encoder=memo, index=tuned.index)  # the same routes, every default
     test_split = test_split_accuracy(bench, ours, tuned, defaults, store)
-    held_out = source_held_out_accuracy(bench, fit_sr)
+    held_out = source_held_out_accuracy(bench, fit_ours, fit_sr)
     timed = semantic_router.IndexedRouter(encoder=fresh_encoder(model_path), index=tuned.index, top_k=args.top_k,
                                           aggregation=args.aggregation, confidence_threshold=None)
     fast = speed(bench, ours, timed, tuned, batch_documents=args.batch_documents, requests=args.requests,
@@ -560,7 +474,7 @@ def main() -> None:
                      "transformers": transformers.__version__, "sentence_transformers": sentence_transformers.__version__,
                      "faiss": faiss.__version__, "numpy": np.__version__},
         "install": INSTALL,
-        "workspace": str(args.workspace.absolute()), "recipe": str(args.recipe), "experts": bench.experts,
+        "workspace": str(bench.ws.root), "recipe": str(args.recipe), "experts": bench.experts,
         "fallback": bench.fallback, "sources": {d: dict(c) for d, c in bench.sources.items()},
         "encoder": {
             "model": str(model_path), "weights_sha256": sha,

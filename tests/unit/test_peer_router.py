@@ -1,10 +1,12 @@
 """The pure parts of benchmarks/peer_router.py: short requests, semantic-router's scoring rule, the None route,
-the timing summaries and the text-keyed vector store. Only the last test needs semantic-router itself."""
+the timing (turns and summaries), the text-keyed vector store and the command line it shares with
+source_held_out.py. Only the last test needs semantic-router itself."""
 
 from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +22,8 @@ from benchmarks.peer_router import (  # noqa: E402
     knn_route_scores,
     latency_summary,
     paired_difference,
+    parser,
+    take_turns,
     throughput_summary,
 )
 
@@ -104,6 +108,34 @@ def test_paired_difference_is_the_median_of_per_request_differences() -> None:
     load = np.asarray([0.0, 0.1, 0.0, 0.2, 0.0, 0.3, 0.0])
     d = paired_difference(0.010 + load, 0.011 + load, reps=300)
     assert d["median_ms"] == pytest.approx(-1.0) and d["interval_95"][1] < 0
+
+
+def test_take_turns_alternates_routers_item_by_item() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def router(name: str) -> Callable[[int], int]:
+        def answer(item: int) -> int:  # records its turn, answers with the item doubled
+            calls.append((name, item))
+            return 2 * item
+
+        return answer
+
+    out = take_turns({"a": router("a"), "b": router("b")}, [1, 2, 3])
+    assert calls == [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("b", 3)]
+    for name in ("a", "b"):
+        seconds, outputs = out[name]
+        assert outputs == [2, 4, 6] and len(seconds) == 3 and all(s >= 0 for s in seconds)
+
+
+def test_command_line_takes_the_shared_arguments_and_the_peer_ones() -> None:
+    args = parser().parse_args(["-w", "/tmp/ws", "--per-source", "7", "--top-k", "5", "--requests", "3",
+                                "--cache", "/tmp/c", "--sr-cache", "/tmp/s", "--out", "/tmp/o.json"])
+    # what source_held_out.prepare reads, then the peer's own
+    assert (str(args.workspace), args.per_source, args.cache, args.out) == ("/tmp/ws", 7, Path("/tmp/c"),
+                                                                            Path("/tmp/o.json"))
+    assert args.recipe == Path("router_training/doc.yaml") and args.cards
+    assert (args.top_k, args.aggregation, args.requests, args.sr_cache) == (5, "sum", 3, Path("/tmp/s"))
+    assert (args.batch_documents, args.repeats) == (300, 3)
 
 
 def test_throughput_summary_reports_the_median_run() -> None:
