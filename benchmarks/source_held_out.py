@@ -197,11 +197,12 @@ def fit_fold(fold: Fold, cache: VectorCache, *, experts: list[str], fallback: st
 
 
 def route(router: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(top-1 expert index (N,), routed expert index with abstention (N,)) for embedded documents (N, D)."""
-    probs, sims, ids = router.posteriors(x)  # (N, C), (N, k), (N, k)
-    top1 = probs.argmax(axis=1)
-    routed = np.asarray([router.experts.index(router.decide(p, float(s) if i >= 0 else -1.0)[0])
-                         for p, s, i in zip(probs, sims[:, 0], ids[:, 0])])
+    """(top-1 expert index (N,), routed expert index with abstention (N,)) for embedded documents (N, D).
+
+    The routed decision is ``DocRouter.decisions``: what ``route`` returns live, the "no domain" gate included."""
+    decisions = router.decisions(x)
+    top1 = np.asarray([router.experts.index(d.predicted) for d in decisions])
+    routed = np.asarray([router.experts.index(d.expert) for d in decisions])
     return top1, routed
 
 
@@ -236,9 +237,30 @@ def code_version() -> dict[str, Any]:
     return {"commit": commit, "uncommitted": [line[3:] for line in dirty if line.strip()]}
 
 
-# ---------------------------------------------------------------------- main
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# ---------------------------------------------------------------------- loading
+@dataclass
+class Bench:
+    """Everything a source-held-out run needs, loaded once: the workspace's corpora, cards, folds and embeddings."""
+
+    ws: Any
+    recipe: Any
+    cards: list[Any]
+    experts: list[str]
+    fallback: str
+    examples: list[tuple[str, str, bool]]
+    corpora: dict[str, dict[str, list[Any]]]
+    sources: dict[str, Counter[str]]
+    plan: list[tuple[str, str]]
+    embedder: Any
+    cache: VectorCache
+    test_docs: list[Any]
+    test_y: np.ndarray  # (T,)
+    folds: dict[str | None, Fold]  # None: every source
+    held: dict[str, list[Any]]  # source -> its scored documents
+    embed_seconds: float
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("-w", "--workspace", default="runs/tiny")
     ap.add_argument("--recipe", type=Path, default=Path("router_training/doc.yaml"))
     ap.add_argument("--cards", nargs="+", type=Path, default=[Path("experts"), Path("experts/extra")],
@@ -246,10 +268,10 @@ def main() -> None:
     ap.add_argument("--per-source", type=int, default=300, help="held-out documents per source (val+test, by id hash)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/sho/embeddings"), help="where new embeddings are kept")
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    started = time.monotonic()
 
+
+def prepare(args: argparse.Namespace) -> Bench:
+    """Load the workspace, build every fold and the scored documents, and embed what the caches lack."""
     from moe_experts.config import load_card
     from moe_experts.data.build import iter_documents
     from moe_experts.data.split import unit_hash
@@ -295,7 +317,22 @@ def main() -> None:
                  + [x for docs in held.values() for x in docs])
     embed_s = time.monotonic() - t0
 
-    test_docs, test_y = [x for _, x in test], np.asarray([y for y, _ in test])
+    return Bench(ws, recipe, cards, experts, fallback, examples, corpora, sources, plan, embedder, cache,
+                 [x for _, x in test], np.asarray([y for y, _ in test]), folds, held, embed_s)
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = time.monotonic()
+
+    b = prepare(args)
+    ws, recipe, experts, fallback, examples = b.ws, b.recipe, b.experts, b.fallback, b.examples
+    corpora, sources, plan, embedder, cache = b.corpora, b.sources, b.plan, b.embedder, b.cache
+    folds, held, test_docs, test_y, embed_s = b.folds, b.held, b.test_docs, b.test_y, b.embed_seconds
 
     def fit(fold: Fold) -> Any:
         return fit_fold(fold, cache, experts=experts, fallback=fallback, recipe=recipe, embedder=embedder,

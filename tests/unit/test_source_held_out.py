@@ -75,3 +75,20 @@ def test_sample_and_fold_never_train_on_the_held_out_source() -> None:
     assert {d.source for d in held.train + held.val} == {"a", "c"}
     assert len(held.train) == 50 and list(held.train_y).count(0) == 25  # refilled from the remaining source
     assert [d.id for d in held.train[25:]] == [d.id for d in full.train[25:]]  # other domains are untouched
+
+
+def test_candidate_helpers_average_prototypes_and_pieces() -> None:
+    from benchmarks.held_out_candidates import average, pieces, prototypes
+
+    a = np.log(np.array([[0.9, 0.1], [0.5, 0.5]]))
+    b = np.log(np.array([[0.1, 0.9], [0.5, 0.5]]))
+    np.testing.assert_allclose(np.exp(average(a, b)), [[0.5, 0.5], [0.5, 0.5]])
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) / np.array([[1.0], [1.0], [np.sqrt(2)]])
+    p = prototypes(x, np.array([0, 1, 1]), 2)
+    np.testing.assert_allclose(p[0], [1.0, 0.0])
+    assert np.isclose(np.linalg.norm(p[1]), 1.0) and p[1][1] > p[1][0] > 0
+    text = "Fever and cough in children. Raised blood pressure in adults.\nA rash that spreads quickly over days."
+    got = pieces(text, "doc-1")
+    assert got == pieces(text, "doc-1") and 1 <= len(got) <= 3  # deterministic, distinct, at most three
+    assert all(p in text.replace("\n", " ") or all(s in text for s in p.split(". ")) for p in got)
+    assert pieces("One sentence only, long enough to count.", "doc-2") == []
