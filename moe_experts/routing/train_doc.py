@@ -80,6 +80,7 @@ def embed_cached(
         folder = folder.with_name(f"{folder.name}-first{max_windows}")
     path = folder / "vectors.npy"
     cached: dict[str, int] = {}
+    ids_cached: list[str] = []  # row i of vectors is ids_cached[i]
     vectors = np.zeros((0, embedder.dim), dtype=np.float32)
     if path.exists() and (folder / "ids.json").exists():
         vectors = np.load(path, allow_pickle=False)
@@ -89,17 +90,19 @@ def embed_cached(
         else:  # a rewrite was interrupted between its two files: the rows no longer match their ids
             logger.warning("embedding cache %s is inconsistent (%d ids, %d vectors); embedding afresh", folder,
                            len(ids_cached), len(vectors))
-            vectors = np.zeros((0, embedder.dim), dtype=np.float32)
-    missing = [i for i, doc_id in enumerate(ids) if doc_id not in cached]
+            ids_cached, vectors = [], np.zeros((0, embedder.dim), dtype=np.float32)
+    # Each missing id once: a call may name one text twice (content-addressed ids of identical texts).
+    text_of = dict(zip(ids, texts))
+    missing = list(dict.fromkeys(doc_id for doc_id in ids if doc_id not in cached))
     if missing:
         logger.info("embedding %d documents (%d reused from %s)", len(missing), len(ids) - len(missing), folder)
         parts = []
         with Progress("embedding", total=len(missing), unit="doc") as bar:
             for start in range(0, len(missing), EMBED_BLOCK):
                 block = missing[start : start + EMBED_BLOCK]
-                parts.append(embedder.embed([texts[i] for i in block], max_windows=max_windows))
+                parts.append(embedder.embed([text_of[doc_id] for doc_id in block], max_windows=max_windows))
                 bar.update(len(block))
-        all_ids = [*cached, *(ids[i] for i in missing)]
+        all_ids = [*ids_cached, *missing]  # the rows' ids, in row order
         vectors = np.concatenate([vectors, *parts])
         if not writable(folder, setup.workspace):  # a read-only workspace (eval --out, a served copy): use them, cache nothing
             logger.warning("embeddings: the workspace is read-only; not caching them in %s", folder)
