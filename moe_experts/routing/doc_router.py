@@ -52,6 +52,7 @@ TENSORS = "classifier.safetensors"
 DOCUMENTS = "documents.jsonl"
 CURRENT = "CURRENT"  # names the live version folder
 KEEP_VERSIONS = 2  # the live one and the one before it, which a slow reader may still be opening
+LOAD_ATTEMPTS = 5  # a reader re-resolves CURRENT this many times when saves keep pruning what it was reading
 EXPLAIN_NEIGHBOURS = 5
 RETRAIN = "retrain it: `moe-experts train-router --force`"
 
@@ -366,14 +367,17 @@ class DocRouter:
         check_embedder: bool = True,
     ) -> DocRouter:
         """Load a saved router; refuse one built for another expert set (``registry``), embedder or corpus."""
-        for attempt in range(3):
+        for attempt in range(LOAD_ATTEMPTS):
             live = live_dir(folder)
             try:
                 return cls._load_version(live, registry, corpus_hashes, check_embedder=check_embedder)
-            except (CheckpointError, MissingArtifactError):
+            except (CheckpointError, MissingArtifactError, OSError) as exc:
                 # a save published a new version and pruned this one while we read it: read the new one
-                if attempt == 2 or live_dir(folder) == live:
-                    raise
+                if attempt < LOAD_ATTEMPTS - 1 and live_dir(folder) != live:
+                    continue
+                if isinstance(exc, OSError):  # a file vanished or became unreadable between two reads
+                    raise CheckpointError(f"cannot read the document router in {live}: {exc}", hint=RETRAIN) from exc
+                raise
         raise AssertionError("unreachable")
 
     @classmethod
