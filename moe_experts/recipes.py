@@ -55,8 +55,8 @@ class WindowsRecipe(StrictModel):
         "null for every window.")
     candidates: list[int] = Field(default=[1, 2, 4], min_length=1, description="The numbers 'auto' tries.")
     tolerance: float = Field(
-        default=0.002, ge=0.0, le=1.0, description="'auto' takes the fewest windows whose validation accuracy is "
-        "at most this far below reading every window.")
+        default=0.0, ge=0.0, le=1.0, description="'auto' takes the fewest windows whose validation accuracy is "
+        "at most this far below reading every window (on tiny, 0.002 chose 1 window: 0.35 points lost on test).")
 
     @model_validator(mode="after")
     def _check(self) -> WindowsRecipe:
