@@ -19,6 +19,7 @@ from moe_experts.cli.experts import experts
 from moe_experts.cli.quickstart import quickstart
 from moe_experts.cli.router import train_router
 from moe_experts.cli.sanity import sanity
+from moe_experts.cli.serve import serve
 from moe_experts.cli.train import train
 from moe_experts.errors import MoeExpertsError
 from moe_experts.machine import ONLINE_ENV
@@ -85,7 +86,7 @@ def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, seed
     ctx.obj = State(workspace, preset, cards, seed)
 
 
-for _command in (quickstart, cards, experts, data, train, sanity, train_router, ask, eval_cmd):
+for _command in (quickstart, cards, experts, data, train, sanity, train_router, ask, eval_cmd, serve):
     cli.add_command(_command)
 
 

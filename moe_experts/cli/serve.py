@@ -1,0 +1,39 @@
+"""``moe-experts serve``: answer OpenAI-compatible HTTP requests with the routed experts."""
+
+from __future__ import annotations
+
+import click
+
+from moe_experts.cli.common import load_setup
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0 picks a free one; the ready line names it).")
+@click.option("--top-k", "-k", type=click.IntRange(min=2), default=2, show_default=True,
+              help="Experts mixed by the model 'auto-mix' (at most the number of experts).")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Refuse request texts larger than this many bytes (413), as `ask` does.")
+@click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, no_access_log: bool) -> None:
+    """Serve the experts over HTTP, OpenAI-compatible.
+
+    \b
+    moe-experts serve --port 8000
+    curl -s localhost:8000/v1/chat/completions -H 'content-type: application/json' \\
+      -d '{"model": "auto", "messages": [{"role": "user", "content": "def read_lines(path):"}]}'
+
+    Models: auto (the router's top-1 expert), auto-mix (the top-k mixture), any expert's name, and
+    token-moe when a token-level MoE is built. Also GET /v1/models, POST /v1/route, GET /healthz.
+    The workspace is only read.
+    """
+    from moe_experts.api import MoE
+    from moe_experts.serve.engine import Engine
+    from moe_experts.serve.server import bind, run
+
+    setup = load_setup(ctx, write=False)  # read-only: the server never writes to the workspace
+    sock = bind(host, port)  # a busy port fails now, before models load
+    engine = Engine(MoE(setup), top_k=top_k, max_bytes=max_bytes)
+    run(engine, sock, access_log=not no_access_log)

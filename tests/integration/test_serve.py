@@ -1,0 +1,209 @@
+"""`moe-experts serve` end to end: one live server on 127.0.0.1 over the micro workspace, driven by the official
+`openai` client (and raw HTTP where the client would refuse to send the bad request)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.test_router import PROMPTS
+
+EXPERTS = ["code", "general", "law", "medicine"]
+
+
+@pytest.fixture(scope="module")
+def server(routed, tmp_path_factory):
+    """The base URL of a server started once, through the CLI, on a free port (the ready line names it)."""
+    setup, _, _ = routed
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    cmd = [sys.executable, "-m", "moe_experts", "--preset", "micro", "--cards", setup.registry.source_dir,
+           "-w", str(setup.workspace.root), "serve", "--port", "0", "--no-access-log"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
+    before = _files(setup.workspace.root)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    url = None
+    deadline = time.monotonic() + 300
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("ready: "):
+                url = line.split()[1]  # http://127.0.0.1:PORT/v1
+        time.sleep(0.2)
+    if url is None:
+        proc.kill()
+        pytest.fail(f"the server did not say ready:\n{log.read_text(errors='replace')}")
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    out = log.read_text(errors="replace")
+    # uvicorn shuts down cleanly on SIGTERM, then re-raises the signal (exit 0 belongs to the drain work to come)
+    assert code in (0, -signal.SIGTERM) and "Finished server process" in out, out
+    assert "Traceback" not in out, out
+    assert _files(setup.workspace.root) == before  # the server only reads the workspace
+
+
+def _files(root) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server, api_key="unused", max_retries=0, timeout=120)
+
+
+def post(server: str, path: str, body: bytes | dict, **headers: str) -> httpx.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(server + path, content=data, headers={"content-type": "application/json", **headers},
+                      timeout=120)
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
+def chat(client, model: str, text: str, **kw):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **kw)
+
+
+# ---------------------------------------------------------------------------------------------- answers
+
+
+def test_models_list_and_healthz(client, server):
+    assert [m.id for m in client.models.list()] == ["auto", "auto-mix", *EXPERTS]  # no token-moe: not built
+    health = httpx.get(server.removesuffix("/v1") + "/healthz", timeout=30).json()
+    assert health["status"] == "ok" and health["experts"] == EXPERTS
+
+
+def test_chat_answers_with_the_routed_expert_and_says_why(client):
+    out = chat(client, "auto", PROMPTS["code"], max_tokens=4, temperature=0)
+    choice = out.choices[0]
+    assert out.object == "chat.completion" and out.model == "auto"
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert 1 <= out.usage.completion_tokens <= 4 and out.usage.prompt_tokens > 0
+    info = out.model_extra["moe_experts"]
+    assert info["expert"] == "code" and info["experts"] == [{"name": "code", "weight": 1.0}]
+    assert set(info["posterior"]) == set(EXPERTS) and abs(sum(info["posterior"].values()) - 1) < 1e-3
+    assert info["reason"]
+
+
+def test_completion_with_a_forced_expert_and_a_seed_repeats(client):
+    kw = dict(model="law", prompt=PROMPTS["medicine"], max_tokens=4, temperature=1.0, seed=7)
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert a.object == "text_completion" and a.choices[0].text == b.choices[0].text
+    info = a.model_extra["moe_experts"]
+    assert info["expert"] == "law" and "names this expert" in info["reason"] and "medicine" in info["reason"]
+
+
+def test_auto_mix_mixes_the_top_two_experts(client):
+    info = chat(client, "auto-mix", PROMPTS["law"], max_tokens=2, temperature=0).model_extra["moe_experts"]
+    if info["abstained"]:  # an abstained request goes to the fallback alone, by design
+        assert [e["name"] for e in info["experts"]] == ["general"]
+    else:
+        assert len(info["experts"]) == 2 and info["experts"][0]["name"] == info["expert"]
+        assert abs(sum(e["weight"] for e in info["experts"]) - 1) < 1e-3
+
+
+def test_streaming_sends_the_same_answer_in_chunks_then_done(client, server):
+    whole = chat(client, "general", PROMPTS["general"], max_tokens=6, temperature=0)
+    chunks = list(chat(client, "general", PROMPTS["general"], max_tokens=6, temperature=0, stream=True))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].model_extra["moe_experts"]["expert"] == "general"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    raw = post(server, "/completions", {"model": "auto", "prompt": PROMPTS["law"], "max_tokens": 2, "stream": True,
+                                        "stream_options": {"include_usage": True}})
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in raw.text.split("\n\n") if line]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    usage = json.loads(events[-2].removeprefix("data: "))
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 1
+
+
+def test_stop_cuts_the_answer_before_the_stop_string(client):
+    whole = chat(client, "general", PROMPTS["general"], max_tokens=8, temperature=0).choices[0].message.content
+    assert whole, "the greedy answer is empty; the stop test needs some text"
+    stop = whole[len(whole) // 2]
+    cut = chat(client, "general", PROMPTS["general"], max_tokens=8, temperature=0, stop=[stop]).choices[0]
+    assert cut.message.content == whole[: whole.find(stop)] and cut.finish_reason == "stop"
+
+
+def test_route_returns_decisions_only(server):
+    out = post(server, "/route", {"texts": [PROMPTS[d] for d in EXPERTS]})
+    assert out.status_code == 200, out.text
+    data = out.json()["data"]
+    assert [d["index"] for d in data] == [0, 1, 2, 3]
+    assert [d["predicted"] for d in data] == EXPERTS
+    assert all(set(d) >= {"expert", "posterior", "reason", "abstained"} for d in data)
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+def test_a_body_that_is_not_json_or_has_bad_fields_is_400(server):
+    assert error_of(post(server, "/chat/completions", b'{"model": "auto", '), 400)["code"] == "invalid_json"
+    assert error_of(post(server, "/chat/completions", b"[1, 2]"), 400)["code"] == "invalid_json"
+    err = error_of(post(server, "/chat/completions", {"model": "auto"}), 400)
+    assert err["param"] == "messages" and err["code"] == "missing_field"
+    bad_type = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}
+    assert error_of(post(server, "/chat/completions", bad_type), 400)["param"] == "temperature"
+    unknown = {"model": "auto", "prompt": "hi", "tools": []}
+    assert error_of(post(server, "/completions", unknown), 400)["code"] == "unknown_parameter"
+    empty = {"model": "auto", "messages": [{"role": "user", "content": "  "}]}
+    assert "empty" in error_of(post(server, "/chat/completions", empty), 400)["message"]
+    nested = {"model": "auto", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+    assert error_of(post(server, "/chat/completions", nested), 400)["param"].startswith("messages.0.content.0.")
+
+
+def test_a_setting_the_server_cannot_honour_is_refused_not_ignored(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(client, "auto", "hi", n=2)
+    assert caught.value.body["param"] == "n" and "not supported" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        chat(client, "auto", "hi", presence_penalty=0.5)
+    with pytest.raises(openai.BadRequestError):
+        chat(client, "auto", "hi", logprobs=True)
+
+
+def test_an_unknown_model_is_404_naming_the_available_ones(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        chat(client, "gpt-4o", "hi")
+    assert "auto, auto-mix, code, general, law, medicine" in caught.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.completions.create(model="token-moe", prompt="hi")
+    assert "train-router --kind token" in caught.value.body["message"]
+
+
+def test_an_oversized_text_or_body_is_413(client, server):
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.completions.create(model="auto", prompt="x" * 100_001)
+    assert caught.value.status_code == 413 and "100,000" in caught.value.body["message"]
+    huge = post(server, "/route", {"texts": ["y" * 100_000] * 8})  # each text fits; the body does not
+    assert error_of(huge, 413)["code"] == "request_too_large"
+
+
+def test_out_of_range_values_are_422(client):
+    for kw, param in ((dict(temperature=2.5), "temperature"), (dict(top_p=0), "top_p"), (dict(max_tokens=0), "max_tokens"),
+                      (dict(max_tokens=100_000), "max_tokens"), (dict(seed=2**64), "seed"),
+                      (dict(stop=["a", "b", "c", "d", "e"]), "stop")):
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            chat(client, "auto", "hi", **kw)
+        assert caught.value.body["param"].startswith(param), (kw, caught.value.body)
+
+
+def test_unknown_paths_and_methods_answer_in_the_same_error_shape(server):
+    assert error_of(httpx.get(server + "/nothing", timeout=30), 404)["code"] == "not_found"
+    assert error_of(httpx.get(server + "/chat/completions", timeout=30), 405)["code"] == "method_not_allowed"
