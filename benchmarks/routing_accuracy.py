@@ -72,9 +72,9 @@ def main() -> None:
     t0 = time.monotonic()
     x_test = embed_cached(setup, router.embedder, test_ids, test_texts, max_windows=router.max_windows)  # (N, D)
     embed_s = time.monotonic() - t0
-    probs, sims, _ = router.posteriors(x_test)
-    pred = probs.argmax(axis=1)
-    routed = np.asarray([experts.index(router.decide(p, float(s))[0]) for p, s in zip(probs, sims[:, 0])])
+    decisions = router.decisions(x_test)  # what `route` gives live, the "no domain" gate included
+    pred = np.asarray([experts.index(d.predicted) for d in decisions])
+    routed = np.asarray([experts.index(d.expert) for d in decisions])
 
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression

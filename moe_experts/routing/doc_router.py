@@ -316,11 +316,10 @@ class DocRouter:
 
     def check_examples(self, examples: list[tuple[str, str, bool]], vectors: np.ndarray) -> dict[str, Any]:
         """Route the cards' example prompts: positives must reach their expert, negatives must not."""
-        probs, sims, _ = self.posteriors(vectors)
         wrong = []
         n_pos = n_pos_ok = n_neg = n_neg_ok = 0
-        for (name, text, positive), p, s in zip(examples, probs, sims[:, 0]):
-            expert, _, _, reason = self.decide(p, float(s))
+        for (name, text, positive), decision in zip(examples, self.decisions(vectors)):  # the gate included
+            expert, reason = decision.expert, decision.reason
             ok = (expert == name) if positive else (expert != name)
             n_pos, n_neg = n_pos + positive, n_neg + (not positive)
             n_pos_ok, n_neg_ok = n_pos_ok + (positive and ok), n_neg_ok + (not positive and ok)
