@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -20,14 +22,18 @@ from tests.integration.test_router import PROMPTS
 EXPERTS = ["code", "general", "law", "medicine"]
 
 
+def serve_cmd(setup, *args: str) -> tuple[list[str], dict[str, str]]:
+    cmd = [sys.executable, "-m", "moe_experts", "--preset", "micro", "--cards", setup.registry.source_dir,
+           "-w", str(setup.workspace.root), "serve", *args]
+    return cmd, {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
+
+
 @pytest.fixture(scope="module")
 def server(routed, tmp_path_factory):
     """The base URL of a server started once, through the CLI, on a free port (the ready line names it)."""
     setup, _, _ = routed
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-m", "moe_experts", "--preset", "micro", "--cards", setup.registry.source_dir,
-           "-w", str(setup.workspace.root), "serve", "--port", "0", "--no-access-log"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
+    cmd, env = serve_cmd(setup, "--port", "0", "--no-access-log")
     before = _files(setup.workspace.root)
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -150,7 +156,24 @@ def test_route_returns_decisions_only(server):
     assert all(set(d) >= {"expert", "posterior", "reason", "abstained"} for d in data)
 
 
+def test_concurrent_requests_are_each_answered_with_their_own_expert(client):
+    with ThreadPoolExecutor(len(EXPERTS)) as pool:
+        outs = list(pool.map(lambda d: chat(client, "auto", PROMPTS[d], max_tokens=2, temperature=0), EXPERTS))
+    assert [o.model_extra["moe_experts"]["expert"] for o in outs] == EXPERTS
+
+
 # ---------------------------------------------------------------------------------------------- refusals
+
+
+def test_a_busy_port_is_refused_before_models_load(routed):
+    setup, _, _ = routed
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cmd, env = serve_cmd(setup, "--port", str(taken.getsockname()[1]))
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "cannot listen on 127.0.0.1:" in out.stderr and "--port" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_body_that_is_not_json_or_has_bad_fields_is_400(server):
