@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,9 +30,28 @@ def serve_cmd(setup, *args: str) -> tuple[list[str], dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def server(routed, tmp_path_factory):
-    """The base URL of a server started once, through the CLI, on a free port (the ready line names it)."""
+def served(routed, tmp_path_factory):
+    """A copy of the routed micro workspace with a token-level MoE added (the shared one stays as it was)."""
+    from dataclasses import replace
+
+    from moe_experts.recipes import TokenRouterRecipe
+    from moe_experts.routing.train_token import train_token_router
+    from moe_experts.workspace import Workspace
+
     setup, _, _ = routed
+    root = tmp_path_factory.mktemp("served") / "micro"
+    shutil.copytree(setup.workspace.root, root)
+    copy = replace(setup, workspace=Workspace(root))
+    fast = {"train": "gates", "training": {"steps": 2, "learning_rate": 0.01, "warmup_steps": 0, "weight_decay": 0.0},
+            "gate_init_blocks_per_domain": 2, "health_blocks_per_domain": 2, "dead_expert_share": 0.0}
+    train_token_router(copy, TokenRouterRecipe.model_validate(fast))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def server(served, tmp_path_factory):
+    """The base URL of a server started once, through the CLI, on a free port (the ready line names it)."""
+    setup = served
     log = tmp_path_factory.mktemp("serve") / "server.log"
     cmd, env = serve_cmd(setup, "--port", "0", "--no-access-log")
     before = _files(setup.workspace.root)
@@ -88,7 +108,7 @@ def chat(client, model: str, text: str, **kw):
 
 
 def test_models_list_and_healthz(client, server):
-    assert [m.id for m in client.models.list()] == ["auto", "auto-mix", *EXPERTS]  # no token-moe: not built
+    assert [m.id for m in client.models.list()] == ["auto", "auto-mix", *EXPERTS, "token-moe"]
     health = httpx.get(server.removesuffix("/v1") + "/healthz", timeout=30).json()
     assert health["status"] == "ok" and health["experts"] == EXPERTS
 
@@ -121,6 +141,13 @@ def test_auto_mix_mixes_the_top_two_experts(client):
     else:
         assert len(info["experts"]) == 2 and info["experts"][0]["name"] == info["expert"]
         assert abs(sum(e["weight"] for e in info["experts"]) - 1) < 1e-3
+
+
+def test_token_moe_answers_without_a_document_decision(client):
+    out = client.completions.create(model="token-moe", prompt=PROMPTS["general"], max_tokens=3, temperature=0)
+    assert 1 <= out.usage.completion_tokens <= 3
+    info = out.model_extra["moe_experts"]
+    assert info["expert"] is None and info["posterior"] is None and "token-level MoE" in info["reason"]
 
 
 def test_streaming_sends_the_same_answer_in_chunks_then_done(client, server):
@@ -204,10 +231,7 @@ def test_a_setting_the_server_cannot_honour_is_refused_not_ignored(client):
 def test_an_unknown_model_is_404_naming_the_available_ones(client):
     with pytest.raises(openai.NotFoundError) as caught:
         chat(client, "gpt-4o", "hi")
-    assert "auto, auto-mix, code, general, law, medicine" in caught.value.body["message"]
-    with pytest.raises(openai.NotFoundError) as caught:
-        client.completions.create(model="token-moe", prompt="hi")
-    assert "train-router --kind token" in caught.value.body["message"]
+    assert "auto, auto-mix, code, general, law, medicine, token-moe" in caught.value.body["message"]
 
 
 def test_an_oversized_text_or_body_is_413(client, server):
