@@ -7,6 +7,11 @@ next-token distribution is computed and mixed as ``p = sum_i w_i p_i``, then
 repetition penalty, temperature and top-p are applied to ``log p`` with the same
 transformers processors ``generate`` uses, and one token is drawn.
 
+Both paths take an optional ``streamer`` with transformers' ``BaseStreamer`` protocol: ``put`` is called once
+with the prompt's ids, then with each new token as it is chosen, and ``end`` when generation stops; a
+streamer that raises from ``put`` aborts generation (the server does this when a client disconnects).
+Streaming needs one prompt at a time.
+
 Both paths fit the request into the models' context: the starter models only
 have 128 positions, so ``max_new_tokens`` is clamped (the prompt always keeps at
 least a quarter of the context) and prompts are cut from the LEFT, keeping the
@@ -100,16 +105,20 @@ def format_prompt(tokenizer: Any, text: str) -> str:
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings, *, batch_size: int = 8
+    model: Any, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings, *, batch_size: int = 8,
+    streamer: Any = None,
 ) -> list[Generation]:
     """Generate an answer to each prompt with one model, ``batch_size`` prompts at a time (left-padded).
 
-    Each ``Generation.seconds`` is the wall time of the whole batch it was generated in.
+    Each ``Generation.seconds`` is the wall time of the whole batch it was generated in. ``streamer`` (one
+    prompt only) is handed to ``model.generate``.
     """
     import torch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if streamer is not None and len(prompts) > 1:
+        raise ValueError(f"a streamer follows one answer, but {len(prompts)} prompts were given; stream one at a time")
     if not prompts:
         return []
     max_new, budget = _fit_context([model], settings.max_new_tokens)
@@ -125,6 +134,8 @@ def generate(
         "pad_token_id": pad_id,
         "eos_token_id": sorted(eos_ids),
     }
+    if streamer is not None:
+        options["streamer"] = streamer
     if settings.temperature > 0:
         # top_k=0 switches off transformers' default top-k of 50, which the mixture does not have either.
         options.update(temperature=float(settings.temperature), top_p=float(settings.top_p), top_k=0)
@@ -152,9 +163,13 @@ def generate(
 
 
 def generate_mixture(
-    models: Sequence[Any], weights: Sequence[float], tokenizer: Any, prompt: str, settings: GenerationSettings
+    models: Sequence[Any], weights: Sequence[float], tokenizer: Any, prompt: str, settings: GenerationSettings,
+    *, streamer: Any = None,
 ) -> Generation:
-    """Generate from the c-BTM mixture of ``models`` weighted by ``weights`` (renormalised; zero-weight experts never run)."""
+    """Generate from the c-BTM mixture of ``models`` weighted by ``weights`` (renormalised; zero-weight experts never run).
+
+    ``streamer`` is fed as ``model.generate`` feeds one: the prompt's ids, each new token, then ``end()``.
+    """
     import torch
 
     if len(models) != len(weights):
@@ -184,6 +199,8 @@ def generate_mixture(
     tokens: list[int] = []
     finish: Literal["eos", "length"] = "length"
     began = time.perf_counter()
+    if streamer is not None:
+        streamer.put(history)  # (1, T)
     with torch.inference_mode():
         for _ in range(max_new):
             logits = []
@@ -195,11 +212,15 @@ def generate_mixture(
             log_p = mixture_log_probs(logits, active_weights)  # (V,)
             token = chooser(history, log_p)
             tokens.append(token)
+            if streamer is not None:
+                streamer.put(torch.tensor([token], dtype=torch.long))  # (1,)
             if token in eos_ids:
                 finish = "eos"
                 break
             step_input = torch.tensor([[token]], dtype=torch.long)  # (1, 1)
             history = torch.cat([history, step_input], dim=1)  # (1, T + t)
+    if streamer is not None:
+        streamer.end()
     return _generation(tokenizer, tokens, time.perf_counter() - began, finish)
 
 

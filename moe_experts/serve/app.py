@@ -3,21 +3,19 @@
 Bodies are read here with a byte cap and validated by ``schemas`` (not by FastAPI's own body parsing), so
 every refusal has the OpenAI error shape and the status the issue asks for. Generation runs in a worker
 thread; with ``stream: true`` the answer is sent as server-sent events in OpenAI's chunk format, ending
-with ``data: [DONE]``. The chunks follow the tokens of an answer that is generated first and then sent:
-the first chunk arrives when the whole answer is ready.
+with ``data: [DONE]``. A streamed answer is sent as it is generated (``serve.stream``); the routing
+decision (``moe_experts``) comes on the chunk that carries ``finish_reason``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from moe_experts.serve.errors import APIError, from_library, install
 from moe_experts.serve.schemas import ChatRequest, CompletionRequest, RouteRequest, parse
@@ -69,17 +67,18 @@ def create_app(engine: Engine) -> FastAPI:
         settings = Settings(max_tokens=req.new_tokens(), temperature=req.temperature, top_p=req.top_p,
                             seed=req.seed, stop=req.stops())
         engine.check_settings(req.model, settings)
+        rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            from moe_experts.serve.stream import stream
+
+            usage = req.stream_options is not None and req.stream_options.include_usage
+            return stream(engine, kind, rid, created, req.model, text, settings, usage)
         try:
             done = await run_in_threadpool(engine.complete, req.model, text, settings)
         except APIError:
             raise
         except Exception as exc:
             raise from_library(exc) from None
-        rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
-        if req.stream:
-            usage = req.stream_options is not None and req.stream_options.include_usage
-            return StreamingResponse(_events(kind, rid, created, req.model, done, usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return JSONResponse(_body(kind, rid, created, req.model, done))
 
     @app.post("/v1/chat/completions")
@@ -141,27 +140,3 @@ def _body(kind: str, rid: str, created: int, model: str, done: Completion) -> di
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice],
             "usage": _usage(done), "moe_experts": done.info}
-
-
-def _events(kind: str, rid: str, created: int, model: str, done: Completion, usage: bool) -> Iterator[bytes]:
-    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        data = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices, **extra}
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-    def choice(text: str | None, finish: str | None) -> dict[str, Any]:
-        if kind == "chat":
-            delta = {} if text is None else {"content": text}
-            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-
-    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None} \
-        if kind == "chat" else choice("", None)
-    yield chunk([first], moe_experts=done.info)
-    for piece in done.pieces:
-        yield chunk([choice(piece, None)])
-    yield chunk([choice(None, done.finish_reason)])
-    if usage:
-        yield chunk([], usage=_usage(done))
-    yield b"data: [DONE]\n\n"

@@ -4,6 +4,7 @@ Model names: ``auto`` (the document router's top-1 expert), ``auto-mix`` (the po
 mixture), each expert's name (that expert, the decision still computed and returned), and ``token-moe``
 when a token-level MoE is built. Generation goes through ``inference.ask.ask`` (the call ``MoE.generate``
 makes, which also takes ``top_p``) with an expert pool loaded at start; one request generates at a time.
+A streamed request passes ``on_text``: its text is handed on as tokens are generated (``serve.stream``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,6 @@ class Settings:
 @dataclass(frozen=True)
 class Completion:
     text: str  # cut before the first stop string, if any
-    pieces: tuple[str, ...]  # ``text`` split where tokens end, for streaming; joined they are ``text``
     finish_reason: str  # "stop" (eos or a stop string) or "length", as OpenAI names them
     prompt_tokens: int  # what the model read, after the prompt was fitted into its context
     completion_tokens: int
@@ -63,6 +63,7 @@ class Engine:
         router.route(["warm up"])  # loads the embedder and index now, not on the first request
         self._pool = ExpertPool(moe.setup)
         self._limits = {name: _max_new_tokens([self._pool.get(name).model]) for name in self.experts}
+        self._shared_vocab = _shared_vocabulary({n: self._pool.get(n).tokenizer for n in self.experts})
         self._token = _load_token_moe(moe)
         if self._token is not None:
             self._limits[TOKEN_MOE] = _max_new_tokens([self._token.model])
@@ -111,19 +112,26 @@ class Engine:
             decisions, _ = self.moe.router().route(list(texts))
         return decisions
 
-    def complete(self, model: str, text: str, settings: Settings) -> Completion:
-        """Answer ``text`` with ``model``; the caller has checked the model, the settings and the text."""
+    def complete(self, model: str, text: str, settings: Settings, *, on_text: Callable[[str], None] | None = None,
+                 cancel: threading.Event | None = None) -> Completion:
+        """Answer ``text`` with ``model``; the caller has checked the model, the settings and the text.
+
+        ``on_text`` receives the answer's final text piece by piece while it is generated (stop strings
+        honoured); setting ``cancel`` then stops generation with ``serve.stream.Cancelled``. Pieces not
+        handed on (held back, or all of them when the experts' tokenizers differ) are in the result's text.
+        """
         overrides = {"max_new_tokens": settings.max_tokens, "temperature": settings.temperature,
                      "top_p": settings.top_p, "seed": settings.seed}
         with self._lock:
+            streamer = self._streamer(model, settings.stop, on_text, cancel)
             if model == TOKEN_MOE:
-                return self._complete_token(text, overrides, settings.stop)
+                return self._complete_token(text, overrides, settings.stop, streamer)
             from moe_experts.inference.ask import Request, ask
 
             expert = model if model in self.experts else None
             top_k = self.top_k if model == AUTO_MIX else 1
             answer = ask(self.moe.setup, self.moe.router(), [Request(text, id="0")], top_k=top_k, expert=expert,
-                         overrides=overrides, pool=self._pool)[0]
+                         overrides=overrides, pool=self._pool, streamer=streamer)[0]
         d = answer.decision
         info: dict[str, Any] = {"expert": answer.experts[0][0], "posterior": {k: round(v, 6) for k, v in
                                 d.posterior.items()}, "reason": d.reason, "abstained": d.abstained,
@@ -134,13 +142,31 @@ class Engine:
         return _completion(answer.generation, self._pool.get(answer.experts[0][0]).tokenizer, loaded, text,
                            settings.stop, info, overrides["max_new_tokens"] or self._card_max_new(answer.experts))
 
-    def _complete_token(self, text: str, overrides: dict[str, Any], stop: tuple[str, ...]) -> Completion:
+    def _streamer(self, model: str, stop: tuple[str, ...], on_text: Callable[[str], None] | None,
+                  cancel: threading.Event | None) -> Any:
+        from moe_experts.serve.stream import PieceStreamer
+
+        if on_text is None:
+            return None
+        if model == TOKEN_MOE:
+            assert self._token is not None
+            tokenizer = self._token.tokenizer
+        elif model in self.experts:
+            tokenizer = self._pool.get(model).tokenizer
+        elif self._shared_vocab:  # the router picks the expert inside ``ask``; any expert's tokenizer decodes it
+            tokenizer = self._pool.get(self.experts[0]).tokenizer
+        else:
+            return None  # tokenizers differ: the answer is sent whole when it is done
+        return PieceStreamer(tokenizer, stop, on_text, cancel or threading.Event())
+
+    def _complete_token(self, text: str, overrides: dict[str, Any], stop: tuple[str, ...],
+                        streamer: Any = None) -> Completion:
         from moe_experts.inference.generate import GenerationSettings, generate
 
         assert self._token is not None
         setup = self.moe.setup
         settings = GenerationSettings.from_card(setup.registry.fallback.generation, **overrides)
-        out = generate(self._token.model, self._token.tokenizer, [text], settings)[0]
+        out = generate(self._token.model, self._token.tokenizer, [text], settings, streamer=streamer)[0]
         info = {"expert": None, "posterior": None, "abstained": False, "experts": [],
                 "reason": "token-level MoE: every token is routed inside its layers"}
         return _completion(out, self._token.tokenizer, [self._token.model], text, stop, info,
@@ -164,6 +190,18 @@ def _load_token_moe(moe: MoE) -> Any:
     return loaded
 
 
+def _shared_vocabulary(tokenizers: dict[str, Any]) -> bool:
+    from moe_experts.errors import ConfigError
+    from moe_experts.modeling.checkpoints import check_shared_vocabulary
+
+    try:
+        check_shared_vocabulary(tokenizers)
+    except ConfigError as exc:
+        logger.info("streaming for auto and auto-mix sends the answer whole: %s", exc.message)
+        return False
+    return True
+
+
 def _max_new_tokens(models: Sequence[Any]) -> int:
     from moe_experts.inference.generate import _fit_context
 
@@ -177,31 +215,9 @@ def _completion(g: Generation, tokenizer: Any, models: Sequence[Any], text: str,
     _, budget = _fit_context(list(models), max_new)
     prompt_ids, cut = _encode(tokenizer, text, budget)
     info = {**info, "prompt_truncated": bool(cut)}
-    pieces = _pieces(tokenizer, g.token_ids, g.text)
     finish = "stop" if g.finish_reason == "eos" else "length"
     hits = [i for i in (g.text.find(s) for s in stop) if i >= 0]
     full = g.text
     if hits:
         full, finish = full[: min(hits)], "stop"
-        kept, size = [], 0
-        for p in pieces:
-            if size >= len(full):
-                break
-            kept.append(p[: len(full) - size])
-            size += len(kept[-1])
-        pieces = kept
-    return Completion(full, tuple(p for p in pieces if p), finish, len(prompt_ids), g.new_tokens, info)
-
-
-def _pieces(tokenizer: Any, token_ids: Sequence[int], text: str) -> list[str]:
-    """``text`` split where tokens end; a token that ends inside a UTF-8 character waits for the next."""
-    pieces, shown = [], ""
-    for i in range(1, len(token_ids) + 1):
-        now = tokenizer.decode(list(token_ids[:i]), skip_special_tokens=True)
-        if now.endswith("\ufffd") or not now.startswith(shown) or len(now) == len(shown):
-            continue
-        pieces.append(now[len(shown):])
-        shown = now
-    if shown != text:  # decoding a prefix differed from the whole (rare): fall back to one piece
-        return [text] if text else []
-    return pieces
+    return Completion(full, finish, len(prompt_ids), g.new_tokens, info)

@@ -49,10 +49,15 @@ def served(routed, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(served, tmp_path_factory):
+def server_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(served, server_log):
     """The base URL of a server started once, through the CLI, on a free port (the ready line names it)."""
     setup = served
-    log = tmp_path_factory.mktemp("serve") / "server.log"
+    log = server_log
     cmd, env = serve_cmd(setup, "--port", "0", "--no-access-log")
     before = _files(setup.workspace.root)
     with log.open("wb") as sink:
@@ -154,7 +159,7 @@ def test_streaming_sends_the_same_answer_in_chunks_then_done(client, server):
     whole = chat(client, "general", PROMPTS["general"], max_tokens=6, temperature=0)
     chunks = list(chat(client, "general", PROMPTS["general"], max_tokens=6, temperature=0, stream=True))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
-    assert chunks[0].model_extra["moe_experts"]["expert"] == "general"
+    assert chunks[-1].model_extra["moe_experts"]["expert"] == "general"  # the decision rides on the last chunk
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
     raw = post(server, "/completions", {"model": "auto", "prompt": PROMPTS["law"], "max_tokens": 2, "stream": True,
@@ -172,6 +177,71 @@ def test_stop_cuts_the_answer_before_the_stop_string(client):
     stop = whole[len(whole) // 2]
     cut = chat(client, "general", PROMPTS["general"], max_tokens=8, temperature=0, stop=[stop]).choices[0]
     assert cut.message.content == whole[: whole.find(stop)] and cut.finish_reason == "stop"
+    streamed = list(chat(client, "general", PROMPTS["general"], max_tokens=8, temperature=0, stop=[stop], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == cut.message.content
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_the_library_streamer_sees_exactly_the_generated_tokens(served):
+    """The hook in inference.generate: model.generate and the mixture loop feed a BaseStreamer the same way."""
+    from moe_experts.inference.generate import GenerationSettings, generate, generate_mixture
+    from moe_experts.modeling.stages import load_expert
+
+    class Collect:
+        def __init__(self):
+            self.calls, self.ended = [], False
+
+        def put(self, value):
+            self.calls.append(value.reshape(-1).tolist())
+
+        def end(self):
+            self.ended = True
+
+    a, b = (load_expert(served, n) for n in ("law", "medicine"))
+    settings = GenerationSettings(max_new_tokens=6, temperature=0)
+    for run in (lambda st: generate(a.model, a.tokenizer, [PROMPTS["law"]], settings, streamer=st)[0],
+                lambda st: generate_mixture([a.model, b.model], [0.6, 0.4], a.tokenizer, PROMPTS["law"], settings,
+                                            streamer=st)):
+        seen = Collect()
+        out = run(seen)
+        assert out.token_ids == run(None).token_ids  # streaming does not change the answer
+        assert seen.ended and len(seen.calls[0]) > 1  # the prompt first, as model.generate does
+        streamed = [t for call in seen.calls[1:] for t in call]
+        assert streamed[: len(out.token_ids)] == list(out.token_ids)
+    with pytest.raises(ValueError, match="one at a time"):
+        generate(a.model, a.tokenizer, ["x", "y"], settings, streamer=Collect())
+
+
+def test_a_stop_string_split_across_tokens_is_held_back():
+    from moe_experts.serve.stream import held_back
+
+    assert held_back("the end", ["END", "d."]) == 1 and held_back("a st", ["stop"]) == 2
+    assert held_back("abc", ["xyz"]) == 0 and held_back("", ["stop"]) == 0
+    assert held_back("sto", ["stop", "tomato"]) == 3  # the longer candidate wins
+
+
+def test_streamed_chunks_come_while_generating_and_a_disconnect_frees_the_engine(server, server_log):
+    """Read one content chunk, hang up: the server stops generating early (so that chunk was sent before
+    the answer was done), and the next request is answered."""
+    refused = post(server, "/completions", {"model": "auto-mix", "prompt": "hi", "max_tokens": 100_000})
+    limit = int(error_of(refused, 422)["message"].split("generates at most ")[1].split()[0])
+    body = {"model": "auto-mix", "prompt": PROMPTS["medicine"], "max_tokens": limit, "temperature": 1.0, "seed": 3,
+            "stream": True}
+    before = server_log.read_text(errors="replace").count("the client went away")
+    with httpx.stream("POST", server + "/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
+                break  # the first text; leaving the block closes the connection
+    deadline = time.monotonic() + 60
+    while server_log.read_text(errors="replace").count("the client went away") == before:
+        assert time.monotonic() < deadline, server_log.read_text(errors="replace")
+        time.sleep(0.1)
+    line = server_log.read_text(errors="replace").split("the client went away")[-1].splitlines()[0]
+    stopped_after = int(line.split("stopped after ")[1].split()[0])
+    assert stopped_after < limit, line
+    out = post(server, "/completions", {"model": "auto", "prompt": PROMPTS["code"], "max_tokens": 2})
+    assert out.status_code == 200 and out.json()["usage"]["completion_tokens"] >= 1
 
 
 def test_route_returns_decisions_only(server):
@@ -254,3 +324,4 @@ def test_out_of_range_values_are_422(client):
 def test_unknown_paths_and_methods_answer_in_the_same_error_shape(server):
     assert error_of(httpx.get(server + "/nothing", timeout=30), 404)["code"] == "not_found"
     assert error_of(httpx.get(server + "/chat/completions", timeout=30), 405)["code"] == "method_not_allowed"
+
