@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,11 @@ def url_of(sock: socket.socket) -> str:
 
 
 def run(engine: Engine, sock: socket.socket, *, access_log: bool = True) -> None:
-    """Serve until SIGINT or SIGTERM (uvicorn then stops accepting and lets requests in flight finish)."""
+    """Serve until SIGINT or SIGTERM: stop accepting, let requests in flight finish (30 s at most), return.
+
+    After SIGTERM this returns normally, so the process exits 0 (uvicorn would re-raise the signal, and
+    process managers would read a drained stop as a crash); SIGINT keeps uvicorn's behaviour.
+    """
     import uvicorn
 
     from moe_experts.serve.app import create_app
@@ -52,6 +57,14 @@ def run(engine: Engine, sock: socket.socket, *, access_log: bool = True) -> None
             if self.started:
                 logger.info("ready: %s/v1 (models: %s; loaded in %.1f s)", url, ", ".join(engine.models),
                             engine.load_seconds)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:
+                logger.info("SIGTERM: no new connections; finishing the requests in flight, then exiting 0")
+                captured = getattr(self, "_captured_signals", None)  # what uvicorn re-raises after shutdown
+                if isinstance(captured, list) and sig in captured:
+                    captured.remove(sig)
 
     config = uvicorn.Config(create_app(engine), access_log=access_log, timeout_graceful_shutdown=30)
     Server(config).run(sockets=[sock])
