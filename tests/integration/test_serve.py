@@ -342,9 +342,10 @@ def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_and_exit
     body = {"model": "auto-mix", "prompt": PROMPTS["medicine"], "max_tokens": limit, "temperature": 1.0, "seed": 3,
             "stream": True}
     with contextlib.ExitStack() as stack:
-        # Four streams in flight: each has its first chunk, and they generate one after another (the engine lock).
+        # Sixteen streams in flight: each has its first chunk, and they generate one after another (the engine
+        # lock), which outlasts uvicorn's 0.1 s check for the signal even with the micro models.
         streams = [stack.enter_context(httpx.stream("POST", url + "/completions", json=body, timeout=120))
-                   for _ in range(4)]
+                   for _ in range(16)]
         lines = [r.iter_lines() for r in streams]
         assert all(next(it).startswith("data: ") for it in lines)
         proc.send_signal(signal.SIGTERM)
