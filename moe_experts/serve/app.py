@@ -3,7 +3,7 @@
 Bodies are read here with a byte cap and validated by ``schemas`` (not by FastAPI's own body parsing), so
 every refusal has the OpenAI error shape and the status the issue asks for. Generation runs in a worker
 thread; with ``stream: true`` the answer is sent as server-sent events in OpenAI's chunk format, ending
-with ``data: [DONE]``. A streamed answer is sent as it is generated (``serve.stream``); the routing
+with ``data: [DONE]``. A streamed answer is sent as it is generated (``serve.sse``); the routing
 decision (``moe_experts``) comes on the chunk that carries ``finish_reason``.
 """
 
@@ -69,7 +69,7 @@ def create_app(engine: Engine) -> FastAPI:
         engine.check_settings(req.model, settings)
         rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
-            from moe_experts.serve.stream import stream
+            from moe_experts.serve.sse import stream
 
             usage = req.stream_options is not None and req.stream_options.include_usage
             return stream(engine, kind, rid, created, req.model, text, settings, usage)
@@ -125,11 +125,6 @@ def _too_large(size: int, limit: int, max_bytes: int) -> APIError:
                     code="request_too_large")
 
 
-def _usage(done: Completion) -> dict[str, int]:
-    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens}
-
-
 def _body(kind: str, rid: str, created: int, model: str, done: Completion) -> dict[str, Any]:
     if kind == "chat":
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": done.text},
@@ -139,4 +134,4 @@ def _body(kind: str, rid: str, created: int, model: str, done: Completion) -> di
         choice = {"index": 0, "text": done.text, "finish_reason": done.finish_reason, "logprobs": None}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice],
-            "usage": _usage(done), "moe_experts": done.info}
+            "usage": done.usage(), "moe_experts": done.info}

@@ -4,7 +4,7 @@ Model names: ``auto`` (the document router's top-1 expert), ``auto-mix`` (the po
 mixture), each expert's name (that expert, the decision still computed and returned), and ``token-moe``
 when a token-level MoE is built. Generation goes through ``inference.ask.ask`` (the call ``MoE.generate``
 makes, which also takes ``top_p``) with an expert pool loaded at start; one request generates at a time.
-A streamed request passes ``on_text``: its text is handed on as tokens are generated (``serve.stream``).
+A streamed request passes ``on_text``: its text is handed on as tokens are generated (``serve.pieces``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ class Completion:
     prompt_tokens: int  # what the model read, after the prompt was fitted into its context
     completion_tokens: int
     info: dict[str, Any]  # the ``moe_experts`` field: expert, posterior, reason, ...
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI's ``usage`` object."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
 class Engine:
@@ -117,7 +122,7 @@ class Engine:
         """Answer ``text`` with ``model``; the caller has checked the model, the settings and the text.
 
         ``on_text`` receives the answer's final text piece by piece while it is generated (stop strings
-        honoured); setting ``cancel`` then stops generation with ``serve.stream.Cancelled``. Pieces not
+        honoured); setting ``cancel`` then stops generation with ``serve.pieces.Cancelled``. Pieces not
         handed on (held back, or all of them when the experts' tokenizers differ) are in the result's text.
         """
         overrides = {"max_new_tokens": settings.max_tokens, "temperature": settings.temperature,
@@ -144,7 +149,7 @@ class Engine:
 
     def _streamer(self, model: str, stop: tuple[str, ...], on_text: Callable[[str], None] | None,
                   cancel: threading.Event | None) -> Any:
-        from moe_experts.serve.stream import PieceStreamer
+        from moe_experts.serve.pieces import PieceStreamer
 
         if on_text is None:
             return None

@@ -219,7 +219,7 @@ def test_the_library_streamer_sees_exactly_the_generated_tokens(served):
 
 
 def test_a_stop_string_split_across_tokens_is_held_back():
-    from moe_experts.serve.stream import held_back
+    from moe_experts.serve.pieces import held_back
 
     assert held_back("the end", ["END", "d."]) == 1 and held_back("a st", ["stop"]) == 2
     assert held_back("abc", ["xyz"]) == 0 and held_back("", ["stop"]) == 0

@@ -1,11 +1,7 @@
-"""Streaming an answer as it is generated: text pieces from the generation thread to server-sent events.
+"""Streaming an answer as it is generated: the HTTP side (OpenAI's chunk format as server-sent events).
 
-``PieceStreamer`` follows transformers' ``BaseStreamer`` protocol (``put`` the prompt, then each token;
-``end``), so ``inference.generate`` feeds it from ``model.generate`` and from the mixture loop alike. It
-hands on only text that is final: nothing past the first stop string, and nothing that could still turn
-into one (a stop string split across tokens is held back until the next token settles it). When the
-client goes away, ``cancel`` is set and the next ``put`` raises ``Cancelled``, which ends generation and
-releases the engine's lock.
+Generation runs in a worker thread and hands text to the event loop (``serve.pieces`` makes the text);
+the response ends with ``data: [DONE]``, and a client that goes away cancels generation.
 """
 
 from __future__ import annotations
@@ -14,70 +10,17 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import StreamingResponse
+
+from moe_experts.serve.pieces import Cancelled
 
 if TYPE_CHECKING:
     from moe_experts.serve.engine import Completion, Engine, Settings
 
 logger = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """The client disconnected; generation stops at the next token (``tokens``: how many were generated)."""
-
-    def __init__(self, tokens: int) -> None:
-        super().__init__(tokens)
-        self.tokens = tokens
-
-
-class PieceStreamer:
-    """Decodes the tokens so far after each one and calls ``emit`` with the text that became final."""
-
-    def __init__(self, tokenizer: Any, stops: Sequence[str], emit: Callable[[str], None],
-                 cancel: threading.Event) -> None:
-        self.tokenizer, self.stops, self.emit, self.cancel = tokenizer, tuple(stops), emit, cancel
-        self._prompt_seen = False
-        self._ids: list[int] = []
-        self._sent = 0  # characters of the decoded answer handed on so far
-        self._stopped = False  # a stop string was seen: the rest is generated (as without streaming) but not sent
-
-    def put(self, value: Any) -> None:
-        if self.cancel.is_set():
-            raise Cancelled(len(self._ids))
-        if not self._prompt_seen:  # the first call carries the prompt's ids, as in model.generate
-            self._prompt_seen = True
-            return
-        self._ids += [int(t) for t in value.reshape(-1).tolist()]
-        if self._stopped:
-            return
-        text = self.tokenizer.decode(self._ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # a token ended inside a UTF-8 character: wait for the rest of it
-            return
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            final, self._stopped = min(hits), True
-        else:
-            final = len(text) - held_back(text, self.stops)
-        if final > self._sent:
-            self.emit(text[self._sent:final])
-            self._sent = final
-
-    def end(self) -> None:
-        pass
-
-
-def held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of ``text`` could be the start of a stop string."""
-    longest = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), longest, -1):
-            if text.endswith(s[:k]):
-                longest = k
-                break
-    return longest
 
 
 class CancellingResponse(StreamingResponse):
@@ -155,9 +98,8 @@ async def _events(engine: Engine, kind: str, rid: str, created: int, model: str,
                 # The decision rides on the last chunk: it is known only once generation has begun.
                 yield chunk([choice(None, done.finish_reason)], moe_experts=done.info)
                 if usage:
-                    from moe_experts.serve.app import _usage
 
-                    yield chunk([], usage=_usage(done))
+                    yield chunk([], usage=done.usage())
                 yield b"data: [DONE]\n\n"
                 return
             elif what == "error":
