@@ -68,11 +68,6 @@ PROTOTYPE_SCALE = 20.0  # sharpness of the prototype softmax (cosine similaritie
 
 
 # ---------------------------------------------------------------------- pure parts (tests/unit/test_source_held_out.py)
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)  # (N, C)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def average(*log_probs: np.ndarray) -> np.ndarray:
     """The log of the mean of several distributions (N, C), as the router's "combined" scorer averages two."""
     return np.log(np.mean([np.exp(lp) for lp in log_probs], axis=0))
@@ -133,6 +128,8 @@ def candidates(
     lr_pieces = logreg(xa, ya, cr.logreg_c, seed)
 
     def proto(x: np.ndarray) -> np.ndarray:
+        from moe_experts.routing.classifier import log_softmax
+
         return log_softmax(PROTOTYPE_SCALE * (x @ protos.T))
 
     k = cr.knn_k
