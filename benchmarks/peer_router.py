@@ -19,7 +19,9 @@ semantic-router's truncation). Timed: ``DocRouter.route`` (embeds live) against 
 encoder, ``router(text)`` for one request and for a batch the scoring ``evaluate`` runs (``_scores_many`` then
 ``_choose``: 1.1.1 has no public batch call that returns routes). The routers take turns, so background
 load falls on both alike. For accuracy our vectors come from ``VectorCache`` and semantic-router's encoder is
-memoised by text (``--sr-cache``); the run checks that the live routers decide the batch as the cached do.
+memoised by text, in a ``VectorCache`` keyed by the text's SHA-256 (``--sr-cache``; a cache written before it
+was one kept its keys in keys.json: renamed to ids.json, it reads as is); the run checks that the live routers
+decide the batch as the cached do.
 
 semantic-router is for this benchmark only (not the library, not the tests):
 
@@ -41,7 +43,6 @@ if __name__ == "__main__":  # before numpy and torch load their thread pools
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -60,6 +61,7 @@ from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E4
 from benchmarks.source_held_out import (  # noqa: E402
     Bench,
     Fold,
+    VectorCache,
     add_arguments,
     bootstrap_macro,
     code_version,
@@ -146,57 +148,29 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class TextVectors:
-    """Vectors by text (keyed by SHA-256), kept in ``folder`` (when given) so a rerun encodes nothing twice."""
-
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
-        self.vectors: dict[str, np.ndarray] = {}
-        if folder is not None and (folder / "vectors.npy").exists() and (folder / "keys.json").exists():
-            keys = json.loads((folder / "keys.json").read_text())
-            vecs = np.load(folder / "vectors.npy", allow_pickle=False)  # (M, D)
-            if len(keys) == len(vecs):
-                self.vectors.update(zip(keys, vecs))
-
-    def missing(self, texts: Sequence[str]) -> list[str]:
-        """The distinct texts without a vector, in first-seen order."""
-        return [t for t in dict.fromkeys(texts) if text_key(t) not in self.vectors]
-
-    def add(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        for t, v in zip(texts, vectors, strict=True):
-            self.vectors[text_key(t)] = np.asarray(v, dtype=np.float32)
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.stack([self.vectors[text_key(t)] for t in texts])  # (N, D)
-
-    def save(self) -> None:
-        if self.folder is None:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        keys = list(self.vectors)
-        tmp = self.folder / f".tmp-{os.getpid()}.npy"
-        np.save(tmp, np.stack([self.vectors[k] for k in keys]))
-        tmp.replace(self.folder / "vectors.npy")
-        (self.folder / "keys.json").write_text(json.dumps(keys))
-
-
 # ---------------------------------------------------------------------- semantic-router
-def memo_encoder(model_path: Path, store: TextVectors, *, block: int = 256) -> Any:
-    """semantic-router's HuggingFaceEncoder that encodes each distinct text once (into ``store``)."""
+def by_text(store: VectorCache, texts: Sequence[str]) -> np.ndarray:
+    """The vectors (N, D) of texts from a store keyed by ``text_key``."""
+    return store([text_key(t) for t in texts])
+
+
+def memo_encoder(model_path: Path, store: VectorCache, *, block: int = 256) -> Any:
+    """semantic-router's HuggingFaceEncoder that encodes each distinct text once (into ``store``, keyed by
+    ``text_key``)."""
     from semantic_router.encoders import HuggingFaceEncoder
 
     class MemoEncoder(HuggingFaceEncoder):
         def __call__(self, docs: list[str], batch_size: int = 32, normalize_embeddings: bool = True,
                      pooling_strategy: str = "mean") -> list[list[float]]:
-            # by length, so each of the encoder's padded batches holds texts of about one length
-            todo = sorted(store.missing(docs), key=len)
+            # the distinct texts not stored yet, by length, so each of the encoder's padded batches holds texts
+            # of about one length
+            todo = sorted({t: None for t in docs if text_key(t) not in store}, key=len)
             for start in range(0, len(todo), block):
                 part = todo[start : start + block]
                 vecs = super().__call__(part, batch_size, normalize_embeddings, pooling_strategy)
-                store.add(part, np.asarray(vecs, dtype=np.float32))  # (B, D)
-                store.save()
+                store.add([text_key(t) for t in part], np.asarray(vecs, dtype=np.float32))  # (B, D)
                 logger.info("semantic-router encoder: %d / %d texts", min(start + block, len(todo)), len(todo))
-            return store(docs).tolist()
+            return by_text(store, docs).tolist()
 
     return MemoEncoder(name=str(model_path), device="cpu")
 
@@ -284,13 +258,13 @@ def macro(correct: list[np.ndarray]) -> dict[str, Any]:
     return {"accuracy": round(float(np.mean([c.mean() for c in correct])), 5), "interval_95_bootstrap": [round(lo, 5), round(hi, 5)]}
 
 
-def test_split_accuracy(bench: Bench, ours: Any, tuned: Any, defaults: Any, store: TextVectors) -> dict[str, Any]:
+def test_split_accuracy(bench: Bench, ours: Any, tuned: Any, defaults: Any, store: VectorCache) -> dict[str, Any]:
     docs, y = bench.test_docs, bench.test_y
     texts = [d.text for d in docs]
     top1, routed = route(ours, bench.cache.routed_as(docs, ours.max_windows))
     tuned_y, tuned_none = sr_route(tuned, texts, bench.experts, bench.fallback)
     defaults_y, defaults_none = sr_route(defaults, texts, bench.experts, bench.fallback)
-    reference = sr_reference(tuned, store(texts), bench.experts)
+    reference = sr_reference(tuned, by_text(store, texts), bench.experts)
     out = {
         "documents": len(docs), "train_documents": len(bench.folds[None].train),
         "ours": {"routed": score(routed == y), "top1": score(top1 == y), "method": ours.method,
@@ -432,7 +406,7 @@ def main() -> None:
     model_path, sha = bench.embedder.path, bench.embedder.info.sha256
     probe = " ".join(["word"] * 8 * bench.embedder.max_seq_length)  # one token a word: longer than any window
     sr_truncation = truncation_tokens(fresh_encoder(model_path), probe)
-    store = TextVectors(args.sr_cache / f"{sha[:16]}-t{sr_truncation}")
+    store = VectorCache(None, None, args.sr_cache / f"{sha[:16]}-t{sr_truncation}")  # keyed by text_key
     memo = memo_encoder(model_path, store)
     t0 = time.monotonic()
     memo([x.text for f in bench.folds.values() for x in f.train] + [d.text for d in bench.test_docs]

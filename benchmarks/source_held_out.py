@@ -98,14 +98,17 @@ def sample(docs: Sequence[Any], limit: int | None, key: Any) -> list[Any]:
 
 # ---------------------------------------------------------------------- embeddings
 class VectorCache:
-    """Embeddings by document id: the workspace cache (read only) plus the vectors embedded here (kept in ``folder``)."""
+    """Embeddings by document id: the workspace cache (read only) plus the vectors embedded here (kept in ``folder``).
 
-    def __init__(self, embedder: Any, workspace_folder: Path, folder: Path) -> None:
+    Without an embedder (and workspace folder) it is a plain store of vectors by key, filled with ``add``:
+    peer_router.py keeps semantic-router's encoder vectors in one, keyed by a hash of the text."""
+
+    def __init__(self, embedder: Any, workspace_folder: Path | None, folder: Path) -> None:
         self.embedder, self.folder = embedder, folder
         self.vectors: dict[str, np.ndarray] = {}
         self.embedded = 0
         for f in (workspace_folder, folder):
-            if (f / "vectors.npy").exists() and (f / "ids.json").exists():
+            if f is not None and (f / "vectors.npy").exists() and (f / "ids.json").exists():
                 ids = json.loads((f / "ids.json").read_text())
                 vecs = np.load(f / "vectors.npy", allow_pickle=False)
                 if len(ids) == len(vecs):
@@ -125,6 +128,16 @@ class VectorCache:
 
     def __call__(self, ids: Sequence[str]) -> np.ndarray:
         return np.stack([self.vectors[i] for i in ids]).astype(np.float32)  # (N, D)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.vectors
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Keep vectors (N, D) computed elsewhere, one per key, and save them."""
+        for k, v in zip(keys, vectors, strict=True):
+            self.vectors[k] = np.asarray(v, dtype=np.float32)
+        self.embedded += len(keys)
+        self._save()
 
     def texts(self, ids: Sequence[str], texts: Sequence[str], max_windows: int | None = None) -> np.ndarray:
         """Vectors (N, D) of texts by id (of their first ``max_windows`` windows), embedding the ones not cached."""

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.peer_router import (  # noqa: E402
-    TextVectors,
+    by_text,
     decision_index,
     first_sentence,
     knn_route_scores,
@@ -24,8 +24,10 @@ from benchmarks.peer_router import (  # noqa: E402
     paired_difference,
     parser,
     take_turns,
+    text_key,
     throughput_summary,
 )
+from benchmarks.source_held_out import VectorCache  # noqa: E402
 
 
 def test_first_sentence_is_the_first_sentence_of_the_first_line() -> None:
@@ -144,16 +146,17 @@ def test_throughput_summary_reports_the_median_run() -> None:
 
 
 def test_text_vectors_round_trip(tmp_path: Path) -> None:
-    store = TextVectors(tmp_path / "sr")
-    assert store.missing(["b", "a", "b"]) == ["b", "a"]  # distinct, first-seen order
+    # semantic-router's vectors: a VectorCache without embedder, keyed by the text's hash
+    store = VectorCache(None, None, tmp_path / "sr")
+    assert "a" not in store and text_key("a") not in store
     vecs = np.arange(6, dtype=np.float32).reshape(2, 3)  # (2, D)
-    store.add(["a", "b"], vecs)
-    store.save()
-    again = TextVectors(tmp_path / "sr")
-    assert again.missing(["a", "b", "c"]) == ["c"]
-    np.testing.assert_array_equal(again(["b", "a", "b"]), vecs[[1, 0, 1]])
+    store.add([text_key("a"), text_key("b")], vecs)  # saved as it is added
+    again = VectorCache(None, None, tmp_path / "sr")
+    assert text_key("a") in again and text_key("c") not in again
+    np.testing.assert_array_equal(by_text(again, ["b", "a", "b"]), vecs[[1, 0, 1]])
+    assert by_text(again, ["a"]).dtype == np.float32
     with pytest.raises(ValueError):
-        store.add(["x"], vecs)  # one vector per text
+        store.add([text_key("x")], vecs)  # one vector per key
 
 
 def test_semantic_router_follows_the_reference_rule_and_none_goes_to_fallback() -> None:
