@@ -15,9 +15,18 @@ from moe_experts.cli.common import load_setup
               help="Experts mixed by the model 'auto-mix' (at most the number of experts).")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Refuse request texts larger than this many bytes (413), as `ask` does.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests for the same expert decoded together (1: one at a time).")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="How long an idle server waits for a batch to fill before it starts.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Requests waiting at most; more are answered 503 with Retry-After.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="Seconds a request may take from arrival to its last token; then it is answered 504.")
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, no_access_log: bool) -> None:
+def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, max_batch_size: int,
+          max_wait_ms: float, max_queue: int, timeout: float, no_access_log: bool) -> None:
     """Serve the experts over HTTP, OpenAI-compatible.
 
     \b
@@ -26,14 +35,20 @@ def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, 
       -d '{"model": "auto", "messages": [{"role": "user", "content": "def read_lines(path):"}]}'
 
     Models: auto (the router's top-1 expert), auto-mix (the top-k mixture), any expert's name, and
-    token-moe when a token-level MoE is built. Also GET /v1/models, POST /v1/route, GET /healthz.
-    The workspace is only read.
+    token-moe when a token-level MoE is built. Also GET /v1/models, POST /v1/route, GET /healthz,
+    GET /metrics (Prometheus). Concurrent requests are batched. The workspace is only read; SIGHUP (or
+    POST /admin/reload-router from this machine) swaps in a retrained router without dropping requests.
     """
     from moe_experts.api import MoE
+    from moe_experts.serve.batcher import Batching
     from moe_experts.serve.engine import Engine
     from moe_experts.serve.server import bind, run
 
     setup = load_setup(ctx, write=False)  # read-only: the server never writes to the workspace
     sock = bind(host, port)  # a busy port fails now, before models load
-    engine = Engine(MoE(setup), top_k=top_k, max_bytes=max_bytes)
-    run(engine, sock, access_log=not no_access_log)
+    batching = Batching(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=timeout)
+    engine = Engine(MoE(setup), top_k=top_k, max_bytes=max_bytes, batching=batching)
+    try:
+        run(engine, sock, access_log=not no_access_log)
+    finally:
+        engine.close()

@@ -92,7 +92,7 @@ class Generation:
     text: str  # the new text only (prompt not repeated), special tokens skipped
     new_tokens: int  # tokens generated, the final eos included
     seconds: float  # wall time of the batch this came from (top-1 batches several prompts), or of the mixture
-    finish_reason: Literal["eos", "length"]
+    finish_reason: Literal["eos", "length", "stop"]  # stop: the caller ended it (a stop string)
     token_ids: tuple[int, ...] = ()  # the new tokens, eos included; for exact comparisons
 
 
@@ -121,11 +121,11 @@ def generate(
         raise ValueError(f"a streamer follows one answer, but {len(prompts)} prompts were given; stream one at a time")
     if not prompts:
         return []
-    max_new, budget = _fit_context([model], settings.max_new_tokens)
-    encoded, cut = zip(*(_encode(tokenizer, p, budget) for p in prompts))
+    max_new, budget = fit_context([model], settings.max_new_tokens)
+    encoded, cut = zip(*(encode_prompt(tokenizer, p, budget) for p in prompts))
     _warn_fitted(settings.max_new_tokens, max_new, budget, cut=sum(cut), total=len(prompts))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = _eos_ids(tokenizer, [model])
+    eos_ids = eos_ids_of(tokenizer, [model])
     options: dict[str, Any] = {
         "max_new_tokens": max_new,
         "min_new_tokens": 0,  # overrides a checkpoint's own generation_config: the mixture has no minimum either
@@ -139,7 +139,7 @@ def generate(
     if settings.temperature > 0:
         # top_k=0 switches off transformers' default top-k of 50, which the mixture does not have either.
         options.update(temperature=float(settings.temperature), top_p=float(settings.top_p), top_k=0)
-    device = _device(model)
+    device = device_of(model)
     results: list[Generation] = []
     with torch.inference_mode(), _seeded(settings.seed, device):
         for start in range(0, len(encoded), batch_size):
@@ -158,7 +158,7 @@ def generate(
             seconds = time.perf_counter() - began
             for row_ids in out[:, width:].tolist():  # (B, n)
                 tokens, finish = _until_eos(row_ids, eos_ids)
-                results.append(_generation(tokenizer, tokens, seconds, finish))
+                results.append(make_generation(tokenizer, tokens, seconds, finish))
     return results
 
 
@@ -178,10 +178,10 @@ def generate_mixture(
     active = [(m, w) for m, w in zip(models, norm) if w > 0]
     active_models = [m for m, _ in active]
     active_weights = [w for _, w in active]
-    max_new, budget = _fit_context(active_models, settings.max_new_tokens)
-    ids, cut = _encode(tokenizer, prompt, budget)
+    max_new, budget = fit_context(active_models, settings.max_new_tokens)
+    ids, cut = encode_prompt(tokenizer, prompt, budget)
     _warn_fitted(settings.max_new_tokens, max_new, budget, cut=int(cut), total=1)
-    eos_ids = _eos_ids(tokenizer, active_models)
+    eos_ids = eos_ids_of(tokenizer, active_models)
     generator = torch.Generator()
     if settings.seed is not None:
         generator.manual_seed(settings.seed)
@@ -193,9 +193,9 @@ def generate_mixture(
     caches: list[Any] = [None] * len(active_models)
     # transformers 5 renamed the KV-cache argument and output field past_key_values -> cache (the old name
     # warns and goes in 5.40); older releases only know past_key_values.
-    cache_names = ["cache" if _accepts(m, "cache") else "past_key_values" for m in active_models]
+    cache_names = ["cache" if accepts(m, "cache") else "past_key_values" for m in active_models]
     # Only the last position's logits are needed; without this a long prompt costs (T, V) floats per expert.
-    extra = [{"logits_to_keep": 1} if _accepts(m, "logits_to_keep") else {} for m in active_models]
+    extra = [{"logits_to_keep": 1} if accepts(m, "logits_to_keep") else {} for m in active_models]
     tokens: list[int] = []
     finish: Literal["eos", "length"] = "length"
     began = time.perf_counter()
@@ -206,7 +206,7 @@ def generate_mixture(
             logits = []
             for k, model in enumerate(active_models):
                 cache = {cache_names[k]: caches[k]}
-                out = model(input_ids=step_input.to(_device(model)), use_cache=True, **cache, **extra[k])
+                out = model(input_ids=step_input.to(device_of(model)), use_cache=True, **cache, **extra[k])
                 caches[k] = getattr(out, cache_names[k])  # each expert keeps its own cache: one new token per step
                 logits.append(out.logits[0, -1])  # (V,)
             log_p = mixture_log_probs(logits, active_weights)  # (V,)
@@ -221,7 +221,7 @@ def generate_mixture(
             history = torch.cat([history, step_input], dim=1)  # (1, T + t)
     if streamer is not None:
         streamer.end()
-    return _generation(tokenizer, tokens, time.perf_counter() - began, finish)
+    return make_generation(tokenizer, tokens, time.perf_counter() - began, finish)
 
 
 def mixture_log_probs(logits: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -301,7 +301,7 @@ def _context(models: Sequence[Any]) -> int | None:
     return min(known) if known else None
 
 
-def _fit_context(models: Sequence[Any], requested: int) -> tuple[int, int | None]:
+def fit_context(models: Sequence[Any], requested: int) -> tuple[int, int | None]:
     """(max_new_tokens, prompt token budget): a clamped answer length, and what is left of the context for the prompt."""
     context = _context(models)
     if context is None:
@@ -321,7 +321,7 @@ def _warn_fitted(requested: int, max_new: int, budget: int | None, *, cut: int, 
         logger.warning("the model's context is %d tokens: %s", (budget or 0) + max_new, "; ".join(problems))
 
 
-def _encode(tokenizer: Any, prompt: str, budget: int | None) -> tuple[list[int], bool]:
+def encode_prompt(tokenizer: Any, prompt: str, budget: int | None) -> tuple[list[int], bool]:
     """The prompt's token ids (chat template, bos, cut from the left to ``budget``) and whether it was cut."""
     templated = bool(getattr(tokenizer, "chat_template", None))
     ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
@@ -338,7 +338,7 @@ def _encode(tokenizer: Any, prompt: str, budget: int | None) -> tuple[list[int],
     return ids, cut
 
 
-def _eos_ids(tokenizer: Any, models: Sequence[Any]) -> set[int]:
+def eos_ids_of(tokenizer: Any, models: Sequence[Any]) -> set[int]:
     ids: set[int] = set()
     candidates: list[Any] = [tokenizer.eos_token_id]
     candidates += [getattr(getattr(m, "generation_config", None), "eos_token_id", None) for m in models]
@@ -355,18 +355,19 @@ def _until_eos(tokens: list[int], eos_ids: set[int]) -> tuple[list[int], Literal
     return tokens, "length"
 
 
-def _generation(tokenizer: Any, tokens: list[int], seconds: float, finish: Literal["eos", "length"]) -> Generation:
+def make_generation(tokenizer: Any, tokens: list[int], seconds: float,
+                    finish: Literal["eos", "length", "stop"]) -> Generation:
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     return Generation(text=text, new_tokens=len(tokens), seconds=seconds, finish_reason=finish, token_ids=tuple(tokens))
 
 
-def _accepts(model: Any, argument: str) -> bool:
+def accepts(model: Any, argument: str) -> bool:
     import inspect
 
     return argument in inspect.signature(type(model).forward).parameters
 
 
-def _device(model: Any) -> Any:
+def device_of(model: Any) -> Any:
     device = getattr(model, "device", None)
     return device if device is not None else next(model.parameters()).device
 
@@ -383,3 +384,7 @@ def _seeded(seed: int | None, device: Any) -> Iterator[None]:
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
+
+
+# The names these helpers had before they were public (inference.ask_token still uses them).
+_fit_context, _encode = fit_context, encode_prompt

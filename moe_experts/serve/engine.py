@@ -1,10 +1,12 @@
-"""What the server answers with: the ``MoE`` object's router and experts, loaded once, behind one lock.
+"""What the server answers with: the ``MoE`` object's router and experts, loaded once, fed by one batch worker.
 
 Model names: ``auto`` (the document router's top-1 expert), ``auto-mix`` (the posterior-weighted top-k
 mixture), each expert's name (that expert, the decision still computed and returned), and ``token-moe``
-when a token-level MoE is built. Generation goes through ``inference.ask.ask`` (the call ``MoE.generate``
-makes, which also takes ``top_p``) with an expert pool loaded at start; one request generates at a time.
-A streamed request passes ``on_text``: its text is handed on as tokens are generated (``serve.pieces``).
+when a token-level MoE is built. Requests are queued (``submit``) and answered by ``serve.batcher``:
+routed in batches, then decoded in batches per lane (one expert, one mixture, or the token-level MoE)
+by ``inference.batch``, each request with its own settings. The experts are chosen as ``inference.ask``
+chooses them (``plan``). A streamed request passes ``on_text``: its text is handed on as tokens are
+generated (``serve.pieces``). ``reload_router`` swaps in a retrained router between batches.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from moe_experts.serve.errors import APIError
@@ -21,6 +24,7 @@ from moe_experts.serve.errors import APIError
 if TYPE_CHECKING:
     from moe_experts.api import MoE
     from moe_experts.inference.generate import Generation
+    from moe_experts.serve.batcher import Batching, Job
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +57,32 @@ class Completion:
 
 
 class Engine:
-    """Everything loaded once at start; ``complete`` and ``route`` are safe to call from many threads."""
+    """Everything loaded once at start, and the batch worker that uses it; ``submit`` is safe from any thread."""
 
-    def __init__(self, moe: MoE, *, top_k: int = 2, max_bytes: int | None = None) -> None:
+    def __init__(self, moe: MoE, *, top_k: int = 2, max_bytes: int | None = None,
+                 batching: Batching | None = None) -> None:
         from moe_experts.inference.ask import MAX_REQUEST_BYTES, ExpertPool
+        from moe_experts.serve.batcher import Batcher, Batching
+        from moe_experts.serve.metrics import Metrics
 
         self.moe = moe
         self.experts = list(moe.experts)
         self.top_k = min(top_k, len(self.experts))
         self.max_bytes = MAX_REQUEST_BYTES if max_bytes is None else max_bytes
-        self._lock = threading.Lock()
+        self.batching = batching or Batching()
+        self.metrics = Metrics()
         began = time.perf_counter()
-        router = moe.router()  # refused here, at start, when stale or missing
-        router.route(["warm up"])  # loads the embedder and index now, not on the first request
+        self.router = moe.router()  # refused here, at start, when stale or missing
+        self.router.route(["warm up"])  # loads the embedder and index now, not on the first request
+        self.metrics.set_router(self.router_version)
+        self._reload_lock = threading.Lock()
         self._pool = ExpertPool(moe.setup)
         self._limits = {name: _max_new_tokens([self._pool.get(name).model]) for name in self.experts}
-        self._shared_vocab = _shared_vocabulary({n: self._pool.get(n).tokenizer for n in self.experts})
         self._token = _load_token_moe(moe)
         if self._token is not None:
             self._limits[TOKEN_MOE] = _max_new_tokens([self._token.model])
         self.load_seconds = time.perf_counter() - began
+        self._batcher = Batcher(self, self.batching, self.metrics)
 
     # ------------------------------------------------------------------ models
     @property
@@ -84,6 +94,10 @@ class Engine:
         if self._token is not None:
             names.append(TOKEN_MOE)
         return names
+
+    @property
+    def router_version(self) -> str:
+        return self.router.folder.name if self.router.folder is not None else "unversioned"
 
     def check_model(self, model: str) -> None:
         if model not in self.models:
@@ -111,74 +125,132 @@ class Engine:
             name = exc.message.split(":", 1)[0]
             raise from_library(exc, param={"max_new_tokens": "max_tokens"}.get(name, name)) from None
 
-    # ------------------------------------------------------------------ requests
-    def route(self, texts: Sequence[str]) -> list[Any]:
-        with self._lock:
-            decisions, _ = self.moe.router().route(list(texts))
-        return decisions
-
-    def complete(self, model: str, text: str, settings: Settings, *, on_text: Callable[[str], None] | None = None,
-                 cancel: threading.Event | None = None) -> Completion:
-        """Answer ``text`` with ``model``; the caller has checked the model, the settings and the text.
+    # ------------------------------------------------------------------ requests (any thread)
+    def submit(self, model: str, text: str, settings: Settings, *, on_text: Callable[[str], None] | None = None,
+               cancel: threading.Event | None = None, name: str = "") -> Future:
+        """Queue ``text`` for ``model``; the future's result is a ``Completion``. The caller has checked the model,
+        the settings and the text. Raises ``serve.errors.Overloaded`` when the queue is full.
 
         ``on_text`` receives the answer's final text piece by piece while it is generated (stop strings
-        honoured); setting ``cancel`` then stops generation with ``serve.pieces.Cancelled``. Pieces not
-        handed on (held back, or all of them when the experts' tokenizers differ) are in the result's text.
+        honoured); setting ``cancel`` takes the request out of its batch (``serve.pieces.Cancelled``).
         """
-        overrides = {"max_new_tokens": settings.max_tokens, "temperature": settings.temperature,
-                     "top_p": settings.top_p, "seed": settings.seed}
-        with self._lock:
-            streamer = self._streamer(model, settings.stop, on_text, cancel)
-            if model == TOKEN_MOE:
-                return self._complete_token(text, overrides, settings.stop, streamer)
-            from moe_experts.inference.ask import Request, ask
+        from moe_experts.serve.batcher import Job
 
-            expert = model if model in self.experts else None
-            top_k = self.top_k if model == AUTO_MIX else 1
-            answer = ask(self.moe.setup, self.moe.router(), [Request(text, id="0")], top_k=top_k, expert=expert,
-                         overrides=overrides, pool=self._pool, streamer=streamer)[0]
-        d = answer.decision
-        info: dict[str, Any] = {"expert": answer.experts[0][0], "posterior": {k: round(v, 6) for k, v in
-                                d.posterior.items()}, "reason": d.reason, "abstained": d.abstained,
-                                "experts": [{"name": n, "weight": round(w, 6)} for n, w in answer.experts]}
-        if expert is not None:
-            info["reason"] = f"model '{model}' names this expert; the router would choose {d.expert} ({d.reason})"
-        loaded = [self._pool.get(n).model for n, _ in answer.experts]
-        return _completion(answer.generation, self._pool.get(answer.experts[0][0]).tokenizer, loaded, text,
-                           settings.stop, info, overrides["max_new_tokens"] or self._card_max_new(answer.experts))
+        job = Job(model=model, text=text, settings=settings, on_text=on_text, name=name)
+        if cancel is not None:
+            job.cancel = cancel
+        return self._batcher.submit(job)
 
-    def _streamer(self, model: str, stop: tuple[str, ...], on_text: Callable[[str], None] | None,
-                  cancel: threading.Event | None) -> Any:
+    def submit_route(self, texts: Sequence[str]) -> Future:
+        """Queue texts for routing only (they join the next routing batch); the result is their decisions."""
+        from moe_experts.serve.batcher import ROUTE, Job
+
+        return self._batcher.submit(Job(model=ROUTE, texts=list(texts)))
+
+    def complete(self, model: str, text: str, settings: Settings, **kw: Any) -> Completion:
+        """``submit``, then wait for the answer."""
+        return self.submit(model, text, settings, **kw).result()
+
+    def route(self, texts: Sequence[str]) -> list[Any]:
+        return self.submit_route(texts).result()
+
+    def reload_router(self) -> dict[str, Any]:
+        """Load the workspace's live router again and swap it in between two batches; requests are not dropped.
+
+        The new router is loaded, checked and warmed up before the swap, so a router that fails to load
+        (corrupted, or trained for another expert set) leaves the current one serving, and the error says why.
+        """
+        from moe_experts.routing.doc_router import DocRouter, router_dir
+
+        with self._reload_lock:
+            before = self.router_version
+            began = time.perf_counter()
+            try:
+                fresh = DocRouter.load(router_dir(self.moe.workspace.root), self.moe.setup.registry)
+                fresh.route(["warm up"])
+            except Exception:
+                self.metrics.reloads.labels("failed").inc()
+                raise
+            self.router = fresh  # one reference: the worker reads it once per routing batch
+            self.metrics.set_router(self.router_version)
+            self.metrics.reloads.labels("ok").inc()
+            seconds = time.perf_counter() - began
+            logger.info("router reloaded: %s -> %s in %.2f s", before, self.router_version, seconds)
+            return {"previous": before, "version": self.router_version, "changed": before != self.router_version,
+                    "seconds": round(seconds, 3)}
+
+    def close(self) -> None:
+        """Finish the queued requests and stop the batch worker."""
+        self._batcher.stop()
+
+    # ------------------------------------------------------------------ the batch worker's side
+    def needs_routing(self, model: str) -> bool:
+        """Whether a request for ``model`` gets a document decision (the token-level MoE routes inside itself)."""
+        return model != TOKEN_MOE
+
+    def plan(self, model: str, decision: Any) -> tuple[tuple[str, float], ...]:
+        """Who generates a request for ``model``, with weights (as ``inference.ask`` decides it)."""
+        if model == TOKEN_MOE:
+            return ((TOKEN_MOE, 1.0),)
+        if model in self.experts:
+            return ((model, 1.0),)
+        if model == AUTO or decision.abstained:
+            # an abstained request goes to the fallback alone: mixing in the guesses it doubted defeats abstaining
+            return ((decision.expert, 1.0),)
+        return tuple(decision.top_k(self.top_k))
+
+    def decode(self, lane: tuple[str, ...], jobs: Sequence[Job]) -> list[Completion | BaseException]:
+        """Generate every job of one lane together (``inference.batch``), each with its own settings."""
+        from moe_experts.inference.batch import Row, decode_batch
+        from moe_experts.inference.generate import GenerationSettings, encode_prompt, eos_ids_of, fit_context
+        from moe_experts.modeling.checkpoints import check_shared_vocabulary
+        from moe_experts.serve.batcher import watch
         from moe_experts.serve.pieces import PieceStreamer
 
-        if on_text is None:
-            return None
-        if model == TOKEN_MOE:
+        if lane == (TOKEN_MOE,):
             assert self._token is not None
-            tokenizer = self._token.tokenizer
-        elif model in self.experts:
-            tokenizer = self._pool.get(model).tokenizer
-        elif self._shared_vocab:  # the router picks the expert inside ``ask``; any expert's tokenizer decodes it
-            tokenizer = self._pool.get(self.experts[0]).tokenizer
+            models, tokenizer = [self._token.model], self._token.tokenizer
+            defaults = self.moe.setup.registry.fallback.generation
         else:
-            return None  # tokenizers differ: the answer is sent whole when it is done
-        return PieceStreamer(tokenizer, stop, on_text, cancel or threading.Event())
+            loaded = [self._pool.get(n) for n in lane]
+            if len(loaded) > 1:
+                check_shared_vocabulary({n: m.tokenizer for n, m in zip(lane, loaded)})
+            models, tokenizer = [m.model for m in loaded], loaded[0].tokenizer
+            defaults = self.moe.setup.registry.by_name(lane[0]).generation
+        rows, prompts = [], []
+        for job in jobs:
+            s = job.settings
+            settings = GenerationSettings.from_card(defaults, max_new_tokens=s.max_tokens, temperature=s.temperature,
+                                                    top_p=s.top_p, seed=s.seed)
+            max_new, budget = fit_context(models, settings.max_new_tokens)
+            ids, cut = encode_prompt(tokenizer, job.text, budget)
+            streamer = PieceStreamer(tokenizer, s.stop, job.on_text, job.cancel) \
+                if job.on_text is not None or s.stop else None
+            weights = [w for _, w in job.plan] if len(lane) > 1 else ()
+            rows.append(Row(ids, replace(settings, max_new_tokens=max_new), weights, watch(job, streamer)))
+            prompts.append((len(ids), cut))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        outs = decode_batch(models, tokenizer, rows, eos_ids=eos_ids_of(tokenizer, models), pad_id=pad)
+        results: list[Completion | BaseException] = []
+        for job, out, (n_prompt, cut) in zip(jobs, outs, prompts):
+            if isinstance(out, BaseException):
+                results.append(out)
+                continue
+            results.append(_completion(out, job.settings.stop, self._info(job), n_prompt, cut))
+        return results
 
-    def _complete_token(self, text: str, overrides: dict[str, Any], stop: tuple[str, ...],
-                        streamer: Any = None) -> Completion:
-        from moe_experts.inference.generate import GenerationSettings, generate
-
-        assert self._token is not None
-        setup = self.moe.setup
-        settings = GenerationSettings.from_card(setup.registry.fallback.generation, **overrides)
-        out = generate(self._token.model, self._token.tokenizer, [text], settings, streamer=streamer)[0]
-        info = {"expert": None, "posterior": None, "abstained": False, "experts": [],
-                "reason": "token-level MoE: every token is routed inside its layers"}
-        return _completion(out, self._token.tokenizer, [self._token.model], text, stop, info,
-                           settings.max_new_tokens)
-
-    def _card_max_new(self, experts: Sequence[tuple[str, float]]) -> int:
-        return self.moe.setup.registry.by_name(experts[0][0]).generation.max_new_tokens
+    def _info(self, job: Job) -> dict[str, Any]:
+        """The ``moe_experts`` field: who generated and why."""
+        if job.model == TOKEN_MOE:
+            return {"expert": None, "posterior": None, "abstained": False, "experts": [],
+                    "reason": "token-level MoE: every token is routed inside its layers"}
+        d = job.decision
+        info: dict[str, Any] = {"expert": job.plan[0][0], "posterior": {k: round(v, 6) for k, v in
+                                d.posterior.items()}, "reason": d.reason, "abstained": d.abstained,
+                                "experts": [{"name": n, "weight": round(w, 6)} for n, w in job.plan]}
+        if job.model in self.experts:
+            info["reason"] = f"model '{job.model}' names this expert; the router would choose {d.expert} ({d.reason})"
+        return info
 
 
 def _load_token_moe(moe: MoE) -> Any:
@@ -195,34 +267,17 @@ def _load_token_moe(moe: MoE) -> Any:
     return loaded
 
 
-def _shared_vocabulary(tokenizers: dict[str, Any]) -> bool:
-    from moe_experts.errors import ConfigError
-    from moe_experts.modeling.checkpoints import check_shared_vocabulary
-
-    try:
-        check_shared_vocabulary(tokenizers)
-    except ConfigError as exc:
-        logger.info("streaming for auto and auto-mix sends the answer whole: %s", exc.message)
-        return False
-    return True
-
-
 def _max_new_tokens(models: Sequence[Any]) -> int:
-    from moe_experts.inference.generate import _fit_context
+    from moe_experts.inference.generate import fit_context
 
-    return _fit_context(models, 10**9)[0]
+    return fit_context(models, 10**9)[0]
 
 
-def _completion(g: Generation, tokenizer: Any, models: Sequence[Any], text: str, stop: tuple[str, ...],
-                info: dict[str, Any], max_new: int) -> Completion:
-    from moe_experts.inference.generate import _encode, _fit_context
-
-    _, budget = _fit_context(list(models), max_new)
-    prompt_ids, cut = _encode(tokenizer, text, budget)
-    info = {**info, "prompt_truncated": bool(cut)}
-    finish = "stop" if g.finish_reason == "eos" else "length"
+def _completion(g: Generation, stop: tuple[str, ...], info: dict[str, Any], prompt_tokens: int,
+                cut: bool) -> Completion:
+    finish = "length" if g.finish_reason == "length" else "stop"  # eos, or a stop string ended the row
     hits = [i for i in (g.text.find(s) for s in stop) if i >= 0]
-    full = g.text
+    text = g.text
     if hits:
-        full, finish = full[: min(hits)], "stop"
-    return Completion(full, finish, len(prompt_ids), g.new_tokens, info)
+        text, finish = text[: min(hits)], "stop"
+    return Completion(text, finish, prompt_tokens, g.new_tokens, {**info, "prompt_truncated": cut})

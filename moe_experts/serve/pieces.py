@@ -1,11 +1,12 @@
 """Streaming an answer as it is generated: the generation side (text pieces out of the token stream).
 
-``PieceStreamer`` follows transformers' ``BaseStreamer`` protocol (``put`` the prompt, then each token;
-``end``), so ``inference.generate`` feeds it from ``model.generate`` and from the mixture loop alike. It
-hands on only text that is final: nothing past the first stop string, and nothing that could still turn
-into one (a stop string split across tokens is held back until the next token settles it). When the
-client goes away, ``cancel`` is set and the next ``put`` raises ``Cancelled``, which ends generation and
-releases the engine's lock. ``serve.sse`` turns the pieces into server-sent events.
+``PieceStreamer`` watches one row of a batch (``inference.batch``): ``token`` is called with each new token,
+and returns True once a stop string has appeared, which ends that row. It hands on only text that is
+final: nothing past the first stop string, and nothing that could still turn into one (a stop string
+split across tokens is held back until the next token settles it). It also follows transformers'
+``BaseStreamer`` protocol (``put`` the prompt, then each token; ``end``) for ``inference.generate``.
+When the client goes away, ``cancel`` is set and the next token raises ``Cancelled``, which takes that
+row out of its batch. ``serve.sse`` turns the pieces into server-sent events.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ class Cancelled(Exception):
 class PieceStreamer:
     """Decodes the tokens so far after each one and calls ``emit`` with the text that became final."""
 
-    def __init__(self, tokenizer: Any, stops: Sequence[str], emit: Callable[[str], None],
+    def __init__(self, tokenizer: Any, stops: Sequence[str], emit: Callable[[str], None] | None,
                  cancel: threading.Event) -> None:
         self.tokenizer, self.stops, self.emit, self.cancel = tokenizer, tuple(stops), emit, cancel
         self._prompt_seen = False
         self._ids: list[int] = []
         self._sent = 0  # characters of the decoded answer handed on so far
-        self._stopped = False  # a stop string was seen: the rest is generated (as without streaming) but not sent
+        self._stopped = False  # a stop string was seen: nothing more is sent
 
     def put(self, value: Any) -> None:
         if self.cancel.is_set():
@@ -40,20 +41,31 @@ class PieceStreamer:
         if not self._prompt_seen:  # the first call carries the prompt's ids, as in model.generate
             self._prompt_seen = True
             return
-        self._ids += [int(t) for t in value.reshape(-1).tolist()]
+        for t in value.reshape(-1).tolist():
+            self.token(int(t))
+
+    def token(self, token: int) -> bool:
+        """Take one new token; True once the answer has reached a stop string (generation can end there)."""
+        if self.cancel.is_set():
+            raise Cancelled(len(self._ids))
+        self._ids.append(token)
         if self._stopped:
-            return
+            return True
+        if self.emit is None and not self.stops:
+            return False
         text = self.tokenizer.decode(self._ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # a token ended inside a UTF-8 character: wait for the rest of it
-            return
+            return False
         hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if hits:
             final, self._stopped = min(hits), True
         else:
             final = len(text) - held_back(text, self.stops)
         if final > self._sent:
-            self.emit(text[self._sent:final])
+            if self.emit is not None:
+                self.emit(text[self._sent:final])
             self._sent = final
+        return self._stopped
 
     def end(self) -> None:
         pass

@@ -19,6 +19,7 @@ RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_eq
                 "string_too_short", "string_too_long"}
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.manual_seed accepts
 MAX_ROUTE_TEXTS = 256
+MAX_PROMPTS = 32  # prompts in one completion request (each is answered as its own choice, batched together)
 
 
 class _Strict(BaseModel):
@@ -107,7 +108,7 @@ class ChatRequest(_Generation):
 
 
 class CompletionRequest(_Generation):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None
@@ -128,8 +129,9 @@ class CompletionRequest(_Generation):
     def new_tokens(self) -> int | None:
         return self.max_tokens
 
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str]:
+        """Every prompt; each gets its own choice (``index`` in order), as in the OpenAI API."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 class RouteRequest(_Strict):

@@ -43,8 +43,11 @@ def run(engine: Engine, sock: socket.socket, *, access_log: bool = True) -> None
     """Serve until SIGINT or SIGTERM: stop accepting, let requests in flight finish (30 s at most), return.
 
     After SIGTERM this returns normally, so the process exits 0 (uvicorn would re-raise the signal, and
-    process managers would read a drained stop as a crash); SIGINT keeps uvicorn's behaviour.
+    process managers would read a drained stop as a crash); SIGINT keeps uvicorn's behaviour. SIGHUP
+    reloads the router (``Engine.reload_router``) in a thread; requests go on meanwhile.
     """
+    import asyncio
+
     import uvicorn
 
     from moe_experts.serve.app import create_app
@@ -55,6 +58,9 @@ def run(engine: Engine, sock: socket.socket, *, access_log: bool = True) -> None
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
+                if hasattr(signal, "SIGHUP"):
+                    loop = asyncio.get_running_loop()
+                    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, _reload, engine))
                 logger.info("ready: %s/v1 (models: %s; loaded in %.1f s)", url, ", ".join(engine.models),
                             engine.load_seconds)
 
@@ -68,3 +74,13 @@ def run(engine: Engine, sock: socket.socket, *, access_log: bool = True) -> None
 
     config = uvicorn.Config(create_app(engine), access_log=access_log, timeout_graceful_shutdown=30)
     Server(config).run(sockets=[sock])
+
+
+def _reload(engine: Engine) -> None:
+    """SIGHUP: reload the router, or say in the log why the current one keeps serving."""
+    logger.info("SIGHUP: reloading the router")
+    try:
+        engine.reload_router()
+    except Exception as exc:
+        logger.error("SIGHUP: the router was not reloaded; %s keeps serving: %s", engine.router_version,
+                     getattr(exc, "message", None) or exc)

@@ -1,7 +1,8 @@
 """Streaming an answer as it is generated: the HTTP side (OpenAI's chunk format as server-sent events).
 
-Generation runs in a worker thread and hands text to the event loop (``serve.pieces`` makes the text);
-the response ends with ``data: [DONE]``, and a client that goes away cancels generation.
+The batch worker hands text to the event loop as it is generated (``serve.pieces`` makes the text); the
+response ends with ``data: [DONE]``, and a client that goes away cancels generation. A completion request
+with several prompts streams them together, each chunk naming its choice's ``index``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import StreamingResponse
@@ -37,76 +38,75 @@ class CancellingResponse(StreamingResponse):
             self.cancel.set()
 
 
-def stream(engine: Engine, kind: str, rid: str, created: int, model: str, text: str, settings: Settings,
+def stream(engine: Engine, kind: str, rid: str, created: int, model: str, texts: Sequence[str], settings: Settings,
            usage: bool) -> CancellingResponse:
-    """The SSE response for one streamed request; generation starts when the client starts reading."""
-    cancel = threading.Event()
-    return CancellingResponse(_events(engine, kind, rid, created, model, text, settings, usage, cancel), cancel,
-                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    """The SSE response for a streamed request (one choice per text). The texts are queued now, so a full
+    queue is refused with 503 before the response starts; their pieces are sent as they are generated."""
+    from moe_experts.serve.errors import APIError
 
-
-async def _events(engine: Engine, kind: str, rid: str, created: int, model: str, text: str, settings: Settings,
-                  usage: bool, cancel: threading.Event) -> AsyncIterator[bytes]:
-    from moe_experts.serve.errors import APIError, from_library
-
-    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+    cancel = threading.Event()
 
-    def put(item: tuple[str, Any]) -> None:
+    def put(item: tuple[str, int, Any]) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    def work() -> None:
-        try:
-            put(("done", engine.complete(model, text, settings, on_text=lambda s: put(("text", s)), cancel=cancel)))
-        except Cancelled as exc:
-            logger.info("stream %s: the client went away; generation stopped after %d of at most %s tokens", rid,
-                        exc.tokens, settings.max_tokens or "the card's")
-            put(("cancelled", None))
-        except Exception as exc:  # reported to the client as an error event, never a traceback
-            logger.exception("stream %s failed", rid)
-            put(("error", exc))
+    try:
+        for i, text in enumerate(texts):
+            future = engine.submit(model, text, settings, on_text=lambda s, i=i: put(("text", i, s)), cancel=cancel,
+                                   name=rid)
+            future.add_done_callback(lambda f, i=i: put(("done", i, f)))
+    except APIError:
+        cancel.set()  # all or nothing: the texts already queued are withdrawn
+        raise
+    events = _events(engine.batching.timeout, kind, rid, created, model, len(texts), usage, queue)
+    return CancellingResponse(events, cancel, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _events(timeout: float, kind: str, rid: str, created: int, model: str, n: int, usage: bool,
+                  queue: asyncio.Queue[tuple[str, int, Any]]) -> AsyncIterator[bytes]:
+    from moe_experts.serve.errors import from_outcome
+
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         data = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices, **extra}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
-    def choice(piece: str | None, finish: str | None) -> dict[str, Any]:
+    def choice(i: int, piece: str | None, finish: str | None) -> dict[str, Any]:
         if kind == "chat":
             delta = {} if piece is None else {"content": piece}
-            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {"index": 0, "text": piece or "", "finish_reason": finish, "logprobs": None}
+            return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": i, "text": piece or "", "finish_reason": finish, "logprobs": None}
 
-    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None} \
-        if kind == "chat" else choice("", None)
-    yield chunk([first])
-    thread = threading.Thread(target=work, name=f"stream-{rid[-8:]}", daemon=True)
-    thread.start()
-    sent = ""
-    try:
-        while True:
-            what, value = await queue.get()
-            if what == "text":
-                sent += value
-                yield chunk([choice(value, None)])
-            elif what == "done":
-                done: Completion = value
-                if not done.text.startswith(sent):  # decoding a prefix differed from the whole (rare)
-                    logger.warning("stream %s: streamed text is not a prefix of the answer", rid)
-                elif len(done.text) > len(sent):  # what was held back, or the whole answer when not streamed
-                    yield chunk([choice(done.text[len(sent):], None)])
-                # The decision rides on the last chunk: it is known only once generation has begun.
-                yield chunk([choice(None, done.finish_reason)], moe_experts=done.info)
-                if usage:
-
-                    yield chunk([], usage=done.usage())
-                yield b"data: [DONE]\n\n"
-                return
-            elif what == "error":
-                err = value if isinstance(value, APIError) else from_library(value)
-                yield f"data: {json.dumps(err.body(), ensure_ascii=False)}\n\n".encode()
-                return
-            else:
-                return
-    finally:
-        cancel.set()  # a client that disconnected stops generation at the next token
+    for i in range(n):
+        first = {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "logprobs": None} \
+            if kind == "chat" else choice(i, "", None)
+        yield chunk([first])
+    sent = [""] * n
+    done: list[Completion | None] = [None] * n
+    while None in done:
+        what, i, value = await queue.get()
+        if what == "text":
+            sent[i] += value
+            yield chunk([choice(i, value, None)])
+            continue
+        try:
+            finished: Completion = value.result()
+        except Cancelled:
+            return  # the client went away (the batch worker logs it)
+        except Exception as exc:  # reported to the client as an error event, never a traceback
+            yield f"data: {json.dumps(from_outcome(exc, timeout).body(), ensure_ascii=False)}\n\n".encode()
+            return
+        if not finished.text.startswith(sent[i]):  # decoding a prefix differed from the whole (rare)
+            logger.warning("stream %s: streamed text is not a prefix of the answer", rid)
+        elif len(finished.text) > len(sent[i]):  # what was held back at the end
+            yield chunk([choice(i, finished.text[len(sent[i]):], None)])
+        # The decision rides on the choice's last chunk: it is known only once generation has begun.
+        yield chunk([choice(i, None, finished.finish_reason)], moe_experts=finished.info)
+        done[i] = finished
+    if usage:
+        total = {k: sum(c.usage()[k] for c in done if c is not None)
+                 for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        yield chunk([], usage=total)
+    yield b"data: [DONE]\n\n"
