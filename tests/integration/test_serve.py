@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -54,13 +55,9 @@ def server_log(tmp_path_factory):
     return tmp_path_factory.mktemp("serve") / "server.log"
 
 
-@pytest.fixture(scope="module")
-def live(served, server_log):
-    """A server started once, through the CLI, on a free port (the ready line names it): (base URL, process)."""
-    setup = served
-    log = server_log
-    cmd, env = serve_cmd(setup, "--port", "0", "--no-access-log")
-    before = _files(setup.workspace.root)
+def start(setup, log, *args: str) -> tuple[str, subprocess.Popen]:
+    """A server started through the CLI on a free port (the ready line names it): (base URL, process)."""
+    cmd, env = serve_cmd(setup, "--port", "0", "--no-access-log", *args)
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     url = None
@@ -73,14 +70,26 @@ def live(served, server_log):
     if url is None:
         proc.kill()
         pytest.fail(f"the server did not say ready:\n{log.read_text(errors='replace')}")
-    yield url, proc
-    if proc.poll() is None:  # the drain test (last in this file) did not run
+    return url, proc
+
+
+def stop(proc: subprocess.Popen, log) -> None:
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     out = log.read_text(errors="replace")
     assert code == 0 and "Finished server process" in out, (code, out)
     assert "Traceback" not in out, out
-    assert _files(setup.workspace.root) == before  # the server only reads the workspace
+
+
+@pytest.fixture(scope="module")
+def live(served, server_log):
+    """The server most tests talk to, with the default batching: (base URL, process)."""
+    before = _files(served.workspace.root)
+    url, proc = start(served, server_log)
+    yield url, proc
+    stop(proc, server_log)  # unless the drain test (last in this file) already did
+    assert _files(served.workspace.root) == before  # the server only reads the workspace
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +341,171 @@ def test_unknown_paths_and_methods_answer_in_the_same_error_shape(server):
     assert error_of(httpx.get(server + "/chat/completions", timeout=30), 405)["code"] == "method_not_allowed"
 
 
+def test_a_completion_with_several_prompts_answers_each_in_order(client, server):
+    prompts = [PROMPTS["law"], PROMPTS["code"], PROMPTS["medicine"]]
+    out = client.completions.create(model="auto", prompt=prompts, max_tokens=3, temperature=0)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert [i["expert"] for i in out.model_extra["moe_experts"]] == ["law", "code", "medicine"]
+    alone = [client.completions.create(model="auto", prompt=p, max_tokens=3, temperature=0) for p in prompts]
+    assert [c.text for c in out.choices] == [a.choices[0].text for a in alone]  # batched or alone: same answer
+    assert out.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    chunks = list(client.completions.create(model="auto", prompt=prompts[:2], max_tokens=3, temperature=0,
+                                            stream=True))
+    for i in (0, 1):
+        assert "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) == \
+            out.choices[i].text
+    finished = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(c.choices[0].index for c in finished) == [0, 1]
+    too_many = post(server, "/completions", {"model": "auto", "prompt": ["x"] * 33})
+    assert error_of(too_many, 422)["param"] == "prompt"
+
+
+def test_concurrent_requests_are_batched_and_metrics_say_so(client, server):
+    """Eight clients at once for one expert: some of them share a batch (the batch-size histogram shows a
+    batch of more than one), and /metrics counts them per route and expert, with latency histograms."""
+    def sizes() -> tuple[float, float]:
+        text = httpx.get(server.removesuffix("/v1") + "/metrics", timeout=30).text
+        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+        return values['moe_experts_batch_size_sum{kind="single"}'], values['moe_experts_batch_size_count{kind="single"}']
+
+    before_sum, before_count = sizes()
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            outs = list(pool.map(lambda i: chat(client, "code", f"{PROMPTS['code']} {i}", max_tokens=8,
+                                                temperature=0), range(8)))
+            assert all(o.model_extra["moe_experts"]["expert"] == "code" for o in outs)
+    after_sum, after_count = sizes()
+    assert httpx.get(server + "/nothing", timeout=30).status_code == 404
+    assert after_sum - before_sum == 24 and after_count - before_count < 24  # 24 requests in fewer batches
+    response = httpx.get(server.removesuffix("/v1") + "/metrics", timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for series in ('moe_experts_requests_total{expert="code",outcome="ok",route="code"}',
+                   'moe_experts_request_duration_seconds_bucket{expert="code",le="+Inf",route="code"}',
+                   'moe_experts_time_to_first_token_seconds_count{expert="code",route="code"}',
+                   'moe_experts_routing_seconds_count{route="code"}',
+                   'moe_experts_generated_tokens_total{expert="code",route="code"}',
+                   'moe_experts_http_requests_total{endpoint="/v1/chat/completions",status="200"}',
+                   'moe_experts_tokens_per_second ', 'moe_experts_queue_depth ', 'moe_experts_router_info{version="'):
+        assert series in text, series
+    assert 'moe_experts_http_requests_total{endpoint="other",status="404"}' in text  # errors are counted too
+
+
+# ---------------------------------------------------------------------------------------------- overload, reload
+
+
+@pytest.fixture(scope="module")
+def strict(routed, tmp_path_factory):
+    """A second server, one request at a time with a short queue and timeout, on its own copy of the routed
+    workspace (no token-level MoE): (base URL, process, setup, log)."""
+    from dataclasses import replace
+
+    from moe_experts.workspace import Workspace
+
+    setup, _, _ = routed
+    root = tmp_path_factory.mktemp("strict") / "micro"
+    shutil.copytree(setup.workspace.root, root)
+    copy = replace(setup, workspace=Workspace(root))
+    log = tmp_path_factory.mktemp("strict-log") / "server.log"
+    url, proc = start(copy, log, "--max-batch-size", "1", "--max-queue", "6", "--timeout", "0.5")
+    yield url, proc, copy, log
+    stop(proc, log)
+
+
+def test_a_full_queue_is_503_with_retry_after_and_a_slow_request_is_504(strict):
+    url = strict[0]
+    refused = post(url, "/completions", {"model": "law", "prompt": "hi", "max_tokens": 100_000})
+    limit = int(error_of(refused, 422)["message"].split("generates at most ")[1].split()[0])
+    body = {"model": "law", "prompt": PROMPTS["law"], "max_tokens": limit, "temperature": 1.0}
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda _: post(url, "/completions", body), range(24)))
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {200, 503, 504} and 200 in statuses, statuses
+    busy = [r for r in answers if r.status_code == 503]
+    assert busy, statuses  # 24 at once, one at a time, six waiting at most
+    err = error_of(busy[0], 503)
+    assert err["code"] == "server_overloaded" and "--max-queue 6" in err["message"]
+    assert int(busy[0].headers["retry-after"]) >= 1
+    late = [r for r in answers if r.status_code == 504]
+    assert late, statuses  # six waiting behind one another outlast a 0.5 s timeout
+    err = error_of(late[0], 504)
+    assert err["code"] == "timeout" and "--timeout" in err["message"]
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+    assert client.completions.create(model="law", prompt="hi", max_tokens=2).choices  # still serving
+
+
+def test_token_moe_is_404_with_the_command_that_builds_it(strict):
+    err = error_of(post(strict[0], "/chat/completions", {"model": "token-moe", "messages": [{"role": "user",
+                                                                                             "content": "hi"}]}), 404)
+    assert "train-router --kind token" in err["message"] and "token-moe" not in err["message"].split("available:")[1]
+
+
+def _publish_copy(root, *, corrupt: bool = False) -> str:
+    """A new router version with the live one's files (one byte of the classifier flipped when ``corrupt``),
+    published as train-router publishes: the version folder first, then CURRENT replaced."""
+    folder = root / "routers" / "doc"
+    live = folder / (folder / "CURRENT").read_text().strip()
+    version = f"v-{time.time_ns():020d}-{os.getpid()}"
+    shutil.copytree(live, folder / version)
+    if corrupt:
+        weights = folder / version / "classifier.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0x01
+        weights.write_bytes(bytes(data))
+    (folder / "CURRENT.tmp").write_text(version + "\n")
+    os.replace(folder / "CURRENT.tmp", folder / "CURRENT")
+    return version
+
+
+def test_the_router_reloads_on_sighup_and_from_the_admin_endpoint_without_dropping_requests(strict):
+    url, proc, setup, log = strict
+    base = url.removesuffix("/v1")
+
+    def health() -> dict:
+        return httpx.get(base + "/healthz", timeout=30).json()
+
+    first = health()["router_version"]
+    stop_flag, answered = [], []
+
+    def keep_asking() -> None:
+        while not stop_flag:
+            answered.append(post(url, "/route", {"texts": [PROMPTS["law"]]}).status_code)
+
+    with ThreadPoolExecutor(1) as pool:
+        asking = pool.submit(keep_asking)
+        second = _publish_copy(setup.workspace.root)
+        out = httpx.post(base + "/admin/reload-router", timeout=60)
+        assert out.status_code == 200, out.text
+        assert out.json()["previous"] == first and out.json()["version"] == second and out.json()["changed"]
+        assert health()["router_version"] == second
+        third = _publish_copy(setup.workspace.root)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while health()["router_version"] != third:
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.1)
+        stop_flag.append(True)
+        asking.result()
+    assert answered and set(answered) == {200}, answered  # no request was dropped while the router changed
+    _publish_copy(setup.workspace.root, corrupt=True)
+    err = error_of(httpx.post(base + "/admin/reload-router", timeout=60), 409)
+    assert err["code"] == "reload_failed" and "classifier.safetensors" in err["message"] and third in err["message"]
+    assert health()["router_version"] == third  # the router that loaded keeps serving
+    assert post(url, "/route", {"texts": [PROMPTS["code"]]}).json()["data"][0]["predicted"] == "code"
+
+
+def test_the_admin_endpoint_refuses_other_machines():
+    from fastapi.testclient import TestClient
+
+    from moe_experts.serve.app import create_app
+    from moe_experts.serve.metrics import Metrics
+
+    engine = SimpleNamespace(max_bytes=100, metrics=Metrics(), reload_router=lambda: pytest.fail("reloaded"))
+    with TestClient(create_app(engine), client=("203.0.113.9", 5000)) as remote:
+        out = remote.post("/admin/reload-router")
+    assert out.status_code == 403 and "203.0.113.9" in out.json()["error"]["message"]
+
+
 # ---------------------------------------------------------------------------------------------- shutdown (last)
 
 
@@ -342,8 +516,8 @@ def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_and_exit
     body = {"model": "auto-mix", "prompt": PROMPTS["medicine"], "max_tokens": limit, "temperature": 1.0, "seed": 3,
             "stream": True}
     with contextlib.ExitStack() as stack:
-        # Sixteen streams in flight: each has its first chunk, and they generate one after another (the engine
-        # lock), which outlasts uvicorn's 0.1 s check for the signal even with the micro models.
+        # Sixteen streams in flight, each with its first chunk: generating them (in batches) outlasts uvicorn's
+        # 0.1 s check for the signal even with the micro models.
         streams = [stack.enter_context(httpx.stream("POST", url + "/completions", json=body, timeout=120))
                    for _ in range(16)]
         lines = [r.iter_lines() for r in streams]
