@@ -23,10 +23,13 @@ from moe_experts.cli.common import load_setup
               help="Requests waiting at most; more are answered 503 with Retry-After.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
               help="Seconds a request may take from arrival to its last token; then it is answered 504.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batches decoded at the same time, each for a different expert; the CPU's threads are shared "
+                   "among them.")
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, max_batch_size: int,
-          max_wait_ms: float, max_queue: int, timeout: float, no_access_log: bool) -> None:
+          max_wait_ms: float, max_queue: int, timeout: float, workers: int, no_access_log: bool) -> None:
     """Serve the experts over HTTP, OpenAI-compatible.
 
     \b
@@ -46,7 +49,14 @@ def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, 
 
     setup = load_setup(ctx, write=False)  # read-only: the server never writes to the workspace
     sock = bind(host, port)  # a busy port fails now, before models load
-    batching = Batching(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=timeout)
+    batching = Batching(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=timeout,
+                        workers=workers)
+    if workers > 1:  # each worker's operations get their share of the cores, not all of them each
+        import torch
+
+        from moe_experts.machine import usable_cores
+
+        torch.set_num_threads(max(1, usable_cores() // workers))
     engine = Engine(MoE(setup), top_k=top_k, max_bytes=max_bytes, batching=batching)
     try:
         run(engine, sock, access_log=not no_access_log)

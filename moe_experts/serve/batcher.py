@@ -1,8 +1,8 @@
 """Dynamic batching: requests that arrive together are routed together and decoded together.
 
-One worker thread owns the models. Requests wait in a queue; when the worker is free it takes everything
-waiting, routes all of it in one call to the document router (``/v1/route`` texts too), and sorts the
-generation requests into lanes by who generates: one expert, one set of experts mixed (``auto-mix``; each
+A worker thread (``workers`` of them; each decodes a different lane) uses the models. Requests wait in a
+queue; when a worker is free it takes everything waiting, routes all of it in one call to the document
+router (``/v1/route`` texts too), and sorts the generation requests into lanes by who generates: one expert, one set of experts mixed (``auto-mix``; each
 request keeps its own weights), or the token-level MoE. It then decodes the lane whose first request is
 oldest, up to ``max_batch_size`` requests at once (``inference.batch``: each keeps its own settings and
 seed). When the worker was idle, it first waits up to ``max_wait_ms`` for more requests to join; under
@@ -56,9 +56,10 @@ class Batching:
     max_wait_ms: float = 10.0  # how long an idle worker waits for a batch to fill
     max_queue: int = 256  # requests waiting at most; more are refused (503 + Retry-After)
     timeout: float = 120.0  # seconds a request may take from queueing to its last token
+    workers: int = 1  # batches decoded at the same time (each for a different lane)
 
     def __post_init__(self) -> None:
-        for name, low in (("max_batch_size", 1), ("max_queue", 1)):
+        for name, low in (("max_batch_size", 1), ("max_queue", 1), ("workers", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or not self.timeout > 0:
@@ -96,10 +97,14 @@ class Batcher:
         self._cv = threading.Condition()
         self._unrouted: collections.deque[Job] = collections.deque()
         self._lanes: dict[tuple[str, ...], collections.deque[Job]] = {}
+        self._busy: set[tuple[str, ...]] = set()  # lanes a worker is decoding now
+        self._route_lock = threading.Lock()  # one routing call at a time
         self._stopping = False
         self._batch_seconds = collections.deque(maxlen=20)  # recent batches' wall time, for Retry-After
-        self._thread = threading.Thread(target=self._run, name="moe-experts-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"moe-experts-batcher-{i}", daemon=True)
+                         for i in range(batching.workers)]
+        for t in self._threads:
+            t.start()
 
     # ------------------------------------------------------------------ callers (any thread)
     def submit(self, job: Job) -> Future:
@@ -115,44 +120,59 @@ class Batcher:
         return job.future
 
     def stop(self) -> None:
-        """Finish what is queued, then end the worker."""
+        """Finish what is queued, then end the workers."""
         with self._cv:
             self._stopping = True
-            self._cv.notify()
-        self._thread.join(timeout=self.batching.timeout)
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=self.batching.timeout)
 
     def _queued(self) -> int:
         return len(self._unrouted) + sum(len(q) for q in self._lanes.values())
 
     def _retry_after(self, queued: int) -> int:
         per_batch = sum(self._batch_seconds) / len(self._batch_seconds) if self._batch_seconds else 1.0
-        return max(1, math.ceil(per_batch * queued / self.batching.max_batch_size))
+        batches = queued / (self.batching.max_batch_size * self.batching.workers)
+        return max(1, math.ceil(per_batch * batches))
 
-    # ------------------------------------------------------------------ the worker
+    # ------------------------------------------------------------------ the workers
+    def _free(self) -> list[tuple[str, ...]]:
+        """Lanes with requests waiting that no worker is decoding (called holding the lock)."""
+        return [lane for lane, q in self._lanes.items() if q and lane not in self._busy]
+
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._unrouted and not any(self._lanes.values()) and not self._stopping:
+                while not self._unrouted and not self._free() and not self._stopping:
                     self._cv.wait()
-                if self._stopping and not self._queued():
+                if self._stopping and not self._unrouted and not self._free():
                     return
                 self._wait_for_batch()
                 unrouted = list(self._unrouted)
                 self._unrouted.clear()
+            lane: tuple[str, ...] = ()
             try:
-                self._route(unrouted)
+                if unrouted:
+                    with self._route_lock:
+                        self._route(unrouted)
                 lane, jobs = self._next_batch()
                 if jobs:
                     self._decode(lane, jobs)
-            except Exception as exc:  # never let the worker die: fail what it held, keep serving
+            except Exception as exc:  # never let a worker die: fail what it held, keep serving
                 logger.exception("the batch worker failed")
                 for job in unrouted:
                     _fail(job, exc)
+            finally:
+                with self._cv:
+                    self._busy.discard(lane)
+                    self._cv.notify_all()
 
     def _wait_for_batch(self) -> None:
         """Called holding the lock: give an idle worker's first request ``max_wait_ms`` for company."""
-        oldest = min([j.arrived for j in self._unrouted] + [q[0].arrived for q in self._lanes.values() if q])
-        until = oldest + self.batching.max_wait_ms / 1000
+        waiting = [j.arrived for j in self._unrouted] + [self._lanes[lane][0].arrived for lane in self._free()]
+        if not waiting:
+            return
+        until = min(waiting) + self.batching.max_wait_ms / 1000
         while self._queued() < self.batching.max_batch_size and not self._stopping:
             left = until - time.monotonic()
             if left <= 0:
@@ -193,17 +213,20 @@ class Batcher:
                 j.plan = self.engine.plan(j.model, j.decision)
                 self._lanes.setdefault(j.lane, collections.deque()).append(j)
             self.metrics.queue_depth.set(self._queued())
+            self._cv.notify_all()  # other workers may take the lanes this filled
 
     def _next_batch(self) -> tuple[tuple[str, ...], list[Job]]:
-        """The oldest waiting job's lane, with up to ``max_batch_size`` of its jobs (expired ones failed here)."""
+        """The oldest waiting job's lane that no other worker is decoding, with up to ``max_batch_size`` of its
+        jobs (expired ones failed here); the lane is marked busy until this worker is done with it."""
         with self._cv:
             for lane, q in self._lanes.items():
                 while q and not _alive(q[0]):
                     q.popleft()
-            waiting = [(q[0].arrived, lane) for lane, q in self._lanes.items() if q]
+            waiting = [(self._lanes[lane][0].arrived, lane) for lane in self._free()]
             if not waiting:
                 return (), []
             lane = min(waiting)[1]
+            self._busy.add(lane)
             q = self._lanes[lane]
             jobs: list[Job] = []
             while q and len(jobs) < self.batching.max_batch_size:

@@ -25,13 +25,14 @@ class Router:
 
 
 class Backend:
-    """Decodes by answering each job's text; ``gate`` (when given) holds every batch until the test opens it."""
+    """Decodes by answering each job's text; ``gate`` (when given) holds every batch (or those of the ``gated``
+    lanes) until the test opens it."""
 
     models = ["auto", "law", "code", "token-moe"]
 
-    def __init__(self, gate: threading.Event | None = None) -> None:
+    def __init__(self, gate: threading.Event | None = None, gated: set | None = None) -> None:
         self.router = Router()
-        self.gate = gate
+        self.gate, self.gated = gate, gated
         self.batches: list[tuple[tuple[str, ...], list[str]]] = []
         self.started = threading.Event()
 
@@ -46,7 +47,7 @@ class Backend:
     def decode(self, lane, jobs):
         self.batches.append((lane, [j.text for j in jobs]))
         self.started.set()
-        if self.gate is not None:
+        if self.gate is not None and (self.gated is None or lane in self.gated):
             assert self.gate.wait(10)
         out = []
         for j in jobs:
@@ -189,3 +190,20 @@ def test_metrics_count_requests_batches_and_tokens():
     assert 'moe_experts_batch_size_sum{kind="single"} 3.0' in text
     assert 'moe_experts_batch_size_count{kind="single"} 1.0' in text
     assert metrics.tokens_per_second() > 0
+
+
+def test_two_workers_decode_two_lanes_at_once_never_one_lane_twice():
+    gate = threading.Event()
+    backend = Backend(gate, gated={("law",)})
+    batcher = Batcher(backend, Batching(max_batch_size=4, max_wait_ms=0, max_queue=10, timeout=30, workers=2),
+                      Metrics())
+    held = batcher.submit(_job("law", "law held"))
+    assert backend.started.wait(10)
+    more_law = batcher.submit(_job("law", "law next"))
+    code = batcher.submit(_job("code", "code meanwhile"))
+    assert code.result(10).text == "answer to code meanwhile"  # the second worker took the other lane
+    assert not more_law.done()  # law is busy in the first worker: its next batch waits for it
+    gate.set()
+    assert held.result(10) and more_law.result(10)
+    batcher.stop()
+    assert [texts for _, texts in backend.batches] == [["law held"], ["code meanwhile"], ["law next"]]
