@@ -93,3 +93,16 @@ def test_top_p_per_row_is_transformers_top_p(top_p):
     for i, p in enumerate([top_p, 1.0, top_p, 0.5]):
         theirs = scores[i:i + 1] if p >= 1.0 else TopPLogitsWarper(p)(None, scores[i:i + 1])
         assert torch.equal(ours[i:i + 1], theirs)
+
+
+def test_sampling_draws_from_the_distribution_and_never_a_token_of_probability_zero():
+    from moe_experts.inference.batch import _Settings
+
+    n = 4000
+    rows = [Row([1], GenerationSettings(max_new_tokens=1, temperature=1.0, top_p=0.75, seed=i)) for i in range(n)]
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.clamp(min=1e-30).log().expand(n, -1).clone()  # (n, 5)
+    chosen = _Settings(rows, 1).choose(torch.ones((n, 1), dtype=torch.long), [logits])
+    counts = torch.bincount(chosen, minlength=5).float() / n
+    # top-p 0.75 keeps 0.5 and 0.3 (0.8 reaches 0.75), renormalised to 0.625 and 0.375
+    assert abs(counts[0] - 0.625) < 0.03 and abs(counts[1] - 0.375) < 0.03 and counts[2:].sum() == 0
