@@ -11,11 +11,15 @@ Layout (README.md, "Artifacts", says what each holds)::
       models/<name>/                    save_pretrained + build manifest
       embeddings/<embedder hash>/       cached document embeddings
       routers/doc/, routers/token/      the document router; the token-level MoE checkpoint
+                                        (each published as CURRENT + v-<stamp>/, see below)
       eval/suites/                      routing suites built from the test split
       reports/                          sanity check and evaluation reports
 
 Every artifact is written into a temporary sibling folder and renamed into
 place, so an interrupted build leaves the old artifact or none, never half.
+Routers, which readers load while they may be retrained, are published as
+versions behind an atomic pointer (``publish_version``), so a reader never sees
+half of one either.
 """
 
 from __future__ import annotations
@@ -27,17 +31,22 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from moe_experts import __version__
-from moe_experts.errors import MissingArtifactError, StaleArtifactError, WorkspaceError
+from moe_experts.errors import CheckpointError, MissingArtifactError, StaleArtifactError, WorkspaceError
 
 MANIFEST = "moe_experts.json"  # the build manifest inside every artifact folder
 ENV_WORKSPACE = "MOE_EXPERTS_WORKSPACE"
 TMP_PREFIX = ".tmp-"
+CURRENT = "CURRENT"  # in a versioned artifact folder: names the live version folder
+KEEP_VERSIONS = 2  # the live one and the one before it, which a slow reader may still be opening
+LOAD_ATTEMPTS = 5  # a reader re-resolves CURRENT this many times when saves keep pruning what it was reading
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -227,6 +236,88 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}"
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+# ---------------------------------------------------------------------- versioned artifacts
+# An artifact that readers load while it may be rebuilt (a router) is published as one unit:
+#     <folder>/CURRENT       the name of the live version (replaced atomically)
+#     <folder>/v-<stamp>/    one version's files
+# A save writes a new version folder, then points CURRENT at it; the previous version stays for readers
+# still loading it. A reader resolves CURRENT once and reads that version's files, so it sees a complete
+# old artifact or a complete new one, never a mix. An artifact saved before versions existed, with its
+# files directly in <folder>, is still read (no CURRENT), and its files are removed by the next save.
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    tmp: Path  # write the version's files here
+    path: Path  # where they are once published
+
+
+def live_dir(folder: Path, *, hint: str | None = None) -> Path:
+    """The folder holding the live version's files: the one CURRENT names (or ``folder`` itself, for an artifact
+    saved before versions existed, or none). ``hint``: how to rebuild it, for a corrupted CURRENT."""
+    pointer = folder / CURRENT
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return folder
+    if not name or "/" in name or name.startswith("."):
+        raise CheckpointError(f"{pointer} is corrupted (it names {name!r}, not a version folder)", hint=hint)
+    return folder / name
+
+
+@contextlib.contextmanager
+def publish_version(folder: Path, *, unversioned: Sequence[str] | None = None) -> Iterator[NewVersion]:
+    """Yield a new, empty temporary folder; if the block succeeds, publish it as ``folder``'s live version.
+
+    Publishing is one rename into a version folder, then one atomic replace of CURRENT. Afterwards versions
+    older than the last ``KEEP_VERSIONS`` are deleted, and so are the files of an artifact saved before
+    versions: ``unversioned`` names them (None: every file in ``folder`` but CURRENT and temporaries).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    version = f"v-{time.time_ns():020d}-{os.getpid()}"  # sorts by when it was written
+    tmp = folder / f"{TMP_PREFIX}{version}"
+    tmp.mkdir()
+    try:
+        yield NewVersion(tmp, folder / version)
+        tmp.rename(folder / version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pointer = folder / f"{TMP_PREFIX}{CURRENT}-{os.getpid()}"
+    pointer.write_text(version + "\n", encoding="utf-8")
+    os.replace(pointer, folder / CURRENT)  # the publication: readers now resolve the new version
+    _prune_versions(folder, version, unversioned)
+
+
+def _prune_versions(folder: Path, live: str, unversioned: Sequence[str] | None) -> None:
+    versions = sorted(p.name for p in folder.glob("v-*") if p.is_dir())
+    for old in versions[: max(0, len(versions) - KEEP_VERSIONS)]:
+        if old != live:
+            shutil.rmtree(folder / old, ignore_errors=True)
+    if unversioned is None:
+        unversioned = [p.name for p in folder.iterdir()
+                       if p.is_file() and p.name != CURRENT and not p.name.startswith(TMP_PREFIX)]
+    for name in unversioned:
+        (folder / name).unlink(missing_ok=True)
+
+
+def read_live(folder: Path, read: Callable[[Path], T], *, what: str, hint: str) -> T:
+    """``read(live version folder)``; read again from the new live version when a save published one and pruned
+    the version being read (up to ``LOAD_ATTEMPTS`` times). A file that vanished or became unreadable for any
+    other reason is a CheckpointError naming ``what`` and ``hint``."""
+    for attempt in range(LOAD_ATTEMPTS):
+        live = live_dir(folder, hint=hint)
+        try:
+            return read(live)
+        except (CheckpointError, MissingArtifactError, OSError) as exc:
+            if attempt < LOAD_ATTEMPTS - 1 and live_dir(folder, hint=hint) != live:
+                continue
+            if isinstance(exc, OSError):  # a file vanished or became unreadable between two reads
+                raise CheckpointError(f"cannot read {what} in {live}: {exc}", hint=hint) from exc
+            raise
+    raise AssertionError("unreachable")
 
 
 def read_json(path: Path) -> Any:

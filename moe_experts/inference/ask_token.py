@@ -19,9 +19,8 @@ from typing import Any
 from moe_experts.errors import MissingArtifactError, RequestError, StaleArtifactError
 from moe_experts.inference.ask import Request
 from moe_experts.inference.generate import Generation, GenerationSettings, generate
-from moe_experts.modeling.checkpoints import LoadedModel, load_checkpoint
+from moe_experts.modeling.checkpoints import LoadedModel
 from moe_experts.modeling.stages import Setup
-from moe_experts.workspace import MANIFEST
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class TokenAnswer:
 
 def check_token_ask(setup: Setup, *, layer: int | None = None) -> None:
     """Refuse a missing or stale token-level MoE and a ``layer`` it does not have, before its weights load."""
-    folder = _token_moe_dir(setup)
+    folder = _token_moe_dir(setup)  # the live version, resolved once: its manifest and config agree
     if layer is None:
         return
     try:
@@ -68,8 +67,13 @@ def check_token_ask(setup: Setup, *, layer: int | None = None) -> None:
 
 
 def load_token_moe(setup: Setup, device: str = "cpu") -> tuple[LoadedModel, list[str]]:
-    """The token-level MoE and its expert names (in MoE order), or a clear error when it is not built."""
-    loaded = load_checkpoint(_token_moe_dir(setup), device=device)
+    """The token-level MoE and its expert names (in MoE order), or a clear error when it is not built.
+
+    Every file comes from one published version, even while the router is retrained."""
+    from moe_experts.routing.token_artifact import load_token_router
+
+    loaded = load_token_router(setup.workspace.root, check=lambda manifest: _check_expert_set(setup, manifest),
+                               device=device)
     assert loaded.manifest is not None
     return loaded, list(loaded.manifest["experts"])
 
@@ -117,16 +121,24 @@ def ask_token(setup: Setup, requests: Sequence[Request], *, overrides: dict[str,
 
 
 def _token_moe_dir(setup: Setup) -> Path:
-    from moe_experts.routing.train_token import expert_set_change, token_router_dir
+    """The live token router's folder, after refusing a missing one or one built for another expert set."""
+    from moe_experts.routing.token_artifact import BUILD, token_manifest, token_router_dir, token_router_home
 
     folder = token_router_dir(setup.workspace.root)
-    if not (folder / MANIFEST).exists():
-        raise MissingArtifactError(f"no token-level router in {folder}",
-                                   hint="build it with `moe-experts train-router --kind token`")
-    change = expert_set_change(setup)
-    if change is not None:
-        raise StaleArtifactError(change, hint="rebuild it: `moe-experts train-router --kind token --force`")
+    manifest = token_manifest(folder)
+    if manifest is None:
+        raise MissingArtifactError(f"no token-level router in {token_router_home(setup.workspace.root)}", hint=BUILD)
+    _check_expert_set(setup, manifest)
     return folder
+
+
+def _check_expert_set(setup: Setup, manifest: dict[str, Any]) -> None:
+    from moe_experts.routing.token_artifact import REBUILD
+    from moe_experts.routing.train_token import expert_set_change
+
+    change = expert_set_change(setup, manifest)
+    if change is not None:
+        raise StaleArtifactError(change, hint=REBUILD)
 
 
 def _check_layer(layer: int, n_layers: int) -> None:

@@ -15,7 +15,8 @@ Artifact ``routers/doc/`` (written by ``routing.train_doc``), published as one u
 A save writes a new version folder, then points CURRENT at it; the previous version stays for readers
 that are still loading it. A reader resolves CURRENT once and reads that version's files, each checked
 against its hash, so it sees a complete old router or a complete new one, never a mix. (A router saved
-before versions existed, with its files directly in the folder, is still read.)
+before versions existed, with its files directly in the folder, is still read.) The token-level router is
+published the same way, with the same helpers (``workspace.publish_version``, ``live_dir``, ``read_live``).
 
 Loading refuses a router built for another expert set, embedder or corpus, and
 says what differs.
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -43,16 +42,21 @@ from moe_experts.routing.classifier import Calibrator, NoDomainGate
 from moe_experts.routing.doc_fit import FORMAT_VERSION, FittedRouter, Split, fit_router, raw_log_probs
 from moe_experts.routing.embedder import Embedder, resolve_embedder, weights_hash
 from moe_experts.routing.index import INDEX_FILE, IndexInfo, VectorIndex
-from moe_experts.workspace import TMP_PREFIX, Workspace, file_records, verify_files, write_json_atomic
+from moe_experts.workspace import (
+    Workspace,
+    file_records,
+    publish_version,
+    read_live,
+    verify_files,
+    write_json_atomic,
+)
+from moe_experts.workspace import live_dir as _live_dir
 
 logger = logging.getLogger(__name__)
 
 ROUTER_JSON = "router.json"
 TENSORS = "classifier.safetensors"
 DOCUMENTS = "documents.jsonl"
-CURRENT = "CURRENT"  # names the live version folder
-KEEP_VERSIONS = 2  # the live one and the one before it, which a slow reader may still be opening
-LOAD_ATTEMPTS = 5  # a reader re-resolves CURRENT this many times when saves keep pruning what it was reading
 EXPLAIN_NEIGHBOURS = 5
 RETRAIN = "retrain it: `moe-experts train-router --force`"
 
@@ -107,14 +111,7 @@ def router_dir(workspace_root: Path) -> Path:
 def live_dir(folder: Path) -> Path:
     """The folder holding the live router's files: the version CURRENT names (or ``folder`` itself, for a router
     saved before versions existed, or none)."""
-    pointer = folder / CURRENT
-    try:
-        name = pointer.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return folder
-    if not name or "/" in name or name.startswith("."):
-        raise CheckpointError(f"{pointer} is corrupted (it names {name!r}, not a version folder)", hint=RETRAIN)
-    return folder / name
+    return _live_dir(folder, hint=RETRAIN)
 
 
 def router_manifest(folder: Path) -> dict[str, Any] | None:
@@ -337,11 +334,9 @@ class DocRouter:
             assert self.folder is not None
             with (self.folder / DOCUMENTS).open(encoding="utf-8") as f:
                 self._documents = [json.loads(line) for line in f]
-        folder.mkdir(parents=True, exist_ok=True)
-        version = f"v-{time.time_ns():020d}-{os.getpid()}"  # sorts by when it was written
-        tmp = folder / f"{TMP_PREFIX}{version}"
-        tmp.mkdir()
-        try:
+        # a router saved before versions had these files in ``folder``: the save removes them
+        with publish_version(folder, unversioned=(ROUTER_JSON, TENSORS, DOCUMENTS, INDEX_FILE)) as new:
+            tmp = new.tmp
             self.index.save(tmp)
             save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp / TENSORS))
             with (tmp / DOCUMENTS).open("w", encoding="utf-8") as f:
@@ -349,15 +344,7 @@ class DocRouter:
                     f.write(json.dumps(doc, ensure_ascii=False) + "\n")
             self.manifest["files"] = file_records(tmp, [INDEX_FILE, TENSORS, DOCUMENTS])
             write_json_atomic(tmp / ROUTER_JSON, self.manifest)
-            tmp.rename(folder / version)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        pointer = folder / f"{TMP_PREFIX}{CURRENT}-{os.getpid()}"
-        pointer.write_text(version + "\n", encoding="utf-8")
-        os.replace(pointer, folder / CURRENT)  # the publication: readers now resolve the new version
-        self.folder = folder / version
-        _prune_versions(folder, version)
+        self.folder = new.path
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -366,18 +353,10 @@ class DocRouter:
         check_embedder: bool = True,
     ) -> DocRouter:
         """Load a saved router; refuse one built for another expert set (``registry``), embedder or corpus."""
-        for attempt in range(LOAD_ATTEMPTS):
-            live = live_dir(folder)
-            try:
-                return cls._load_version(live, registry, corpus_hashes, check_embedder=check_embedder)
-            except (CheckpointError, MissingArtifactError, OSError) as exc:
-                # a save published a new version and pruned this one while we read it: read the new one
-                if attempt < LOAD_ATTEMPTS - 1 and live_dir(folder) != live:
-                    continue
-                if isinstance(exc, OSError):  # a file vanished or became unreadable between two reads
-                    raise CheckpointError(f"cannot read the document router in {live}: {exc}", hint=RETRAIN) from exc
-                raise
-        raise AssertionError("unreachable")
+        # a save may publish a new version and prune this one while we read it: then the new one is read
+        return read_live(folder, lambda live: cls._load_version(live, registry, corpus_hashes,
+                                                                check_embedder=check_embedder),
+                         what="the document router", hint=RETRAIN)
 
     @classmethod
     def _load_version(
@@ -421,16 +400,6 @@ class DocRouter:
             iso_y=tuple(tensors[f"iso_y_{c}"] for c in range(n)) if cal["kind"] == "isotonic" else (),
         )
         return cls(manifest, index, tensors, calibrator, folder)
-
-
-def _prune_versions(folder: Path, live: str) -> None:
-    """Delete versions older than the last ``KEEP_VERSIONS`` (and the files of a router saved before versions)."""
-    versions = sorted(p.name for p in folder.glob("v-*") if p.is_dir())
-    for old in versions[: max(0, len(versions) - KEEP_VERSIONS)]:
-        if old != live:
-            shutil.rmtree(folder / old, ignore_errors=True)
-    for name in (ROUTER_JSON, TENSORS, DOCUMENTS, INDEX_FILE):
-        (folder / name).unlink(missing_ok=True)
 
 
 def check_compatible(

@@ -10,7 +10,8 @@ how each domain's validation tokens spread over the experts. A dead expert (unde
 
 The result is ``routers/token/``: a ``MixtralForCausalLM`` checkpoint with the
 tokenizer, a manifest (what it was merged from, the recipe, training, health),
-and ``health.json`` / ``health.md``.
+and ``health.json`` / ``health.md``, published as one version folder that
+readers see whole or not at all (``token_artifact``).
 """
 
 from __future__ import annotations
@@ -18,26 +19,20 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from moe_experts.recipes import TokenRouterRecipe
 from moe_experts.errors import TrainingError
-from moe_experts.modeling.checkpoints import save_checkpoint
 from moe_experts.modeling.stages import SEED, Setup, TrainOptions, data_inputs, expert_weights_id, load_expert
 from moe_experts.modeling.train import BlockDataset, device_kind, prepare_checkpoint_dir, train_causal_lm
+from moe_experts.routing.token_artifact import publish_token_router, token_manifest, token_router_dir
 from moe_experts.routing.token_moe import MergeSpec, check_memory, check_mergeable, init_gates, merge_experts
-from moe_experts.workspace import MANIFEST, Workspace, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ROUTER = "token-router"  # checkpoint stage name
-
-
-def token_router_dir(root: Path) -> Path:
-    return Workspace(root).router_dir("token")
 
 
 def token_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
@@ -48,16 +43,18 @@ def token_inputs(setup: Setup, recipe: TokenRouterRecipe) -> dict[str, Any]:
             "preset": setup.preset.fingerprint(), "tokenizer_hash": data.tokenizer_hash, "corpus_hash": data.corpus_hash}
 
 
-def expert_set_change(setup: Setup) -> str | None:
+def expert_set_change(setup: Setup, manifest: dict[str, Any] | None = None) -> str | None:
     """How the token router's experts differ from the cards' (an expert added or removed since), or None.
 
     A changed expert set makes the merged checkpoint stale whatever the recipe: its gates have one row per
-    expert it was built with, and its merged attention averaged those experts' weights.
+    expert it was built with, and its merged attention averaged those experts' weights. ``manifest``: the
+    router's, when the caller has read it already (default: the live router's).
     """
-    folder = token_router_dir(setup.workspace.root)
-    if not (folder / MANIFEST).exists():
-        return None
-    built = [n for n in read_json(folder / MANIFEST).get("experts", []) if n != SEED]
+    if manifest is None:
+        manifest = token_manifest(token_router_dir(setup.workspace.root))
+        if manifest is None:
+            return None
+    built = [n for n in manifest.get("experts", []) if n != SEED]
     now = list(setup.registry.names)
     if built == now:
         return None
@@ -75,10 +72,10 @@ def _run_inputs(inputs: dict[str, Any], recipe: TokenRouterRecipe) -> dict[str, 
 
 def token_router_status(setup: Setup, recipe: TokenRouterRecipe) -> tuple[str, list[str]]:
     """('missing' | 'current' | 'stale', what differs)."""
-    folder = token_router_dir(setup.workspace.root)
-    if not (folder / MANIFEST).exists():
+    manifest = token_manifest(token_router_dir(setup.workspace.root))
+    if manifest is None:
         return "missing", []
-    recorded = read_json(folder / MANIFEST).get("inputs", {})
+    recorded = manifest.get("inputs", {})
     current = token_inputs(setup, recipe)
     diffs = [f"{k}: built from {recorded.get(k)!r}, now {current[k]!r}" for k in current if recorded.get(k) != current[k]]
     return ("stale" if diffs else "current"), diffs
@@ -235,7 +232,7 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
             f"{recipe.dead_expert_share:.0%} of a layer's tokens; the router was not saved\n{print_health}",
             hint="raise router_aux_loss_coef or the training steps in the recipe, or save anyway (allow_dead_experts)",
         )
-    manifest = save_checkpoint(moe, tokenizer, token_router_dir(ws.root), {
+    return publish_token_router(moe, tokenizer, ws.root, {
         "name": "token-router",
         "kind": "token",
         "inputs": inputs,
@@ -246,8 +243,4 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
                      "trainable_parameters": trainable,
                      "device": device_kind()},
         "health": health,
-    })
-    folder = token_router_dir(ws.root)
-    write_json_atomic(folder / "health.json", health)
-    (folder / "health.md").write_text("# Token router health\n\n```\n" + print_health + "\n```\n", encoding="utf-8")
-    return manifest
+    }, health=health, health_text=print_health)

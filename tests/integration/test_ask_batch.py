@@ -21,7 +21,7 @@ from tests.integration.test_cli import run_cli
 from tests.integration.test_router import PROMPTS, ask_cli
 
 LOADERS = ("moe_experts.modeling.checkpoints._from_pretrained", "moe_experts.inference.ask.load_expert",
-           "moe_experts.inference.ask_token.load_checkpoint")
+           "moe_experts.routing.token_artifact.load_checkpoint")
 
 
 def _jsonl(*rows: object) -> bytes:
