@@ -192,7 +192,9 @@ def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str
     routers = {}
     from moe_experts.routing.doc_router import ROUTER_JSON, live_dir
 
-    for kind, path in (("doc", live_dir(ws.router_dir("doc")) / ROUTER_JSON), ("token", ws.router_dir("token") / MANIFEST)):
+    # each kind's live version (routers/<kind>/CURRENT): a retrained router changes the report's fingerprint
+    for kind, path in (("doc", live_dir(ws.router_dir("doc")) / ROUTER_JSON),
+                       ("token", live_dir(ws.router_dir("token")) / MANIFEST)):
         routers[kind] = sha256_file(path)[:16] if path.exists() else None
     settings = {"domains": domains, "systems": opts.systems, "max_docs": opts.max_docs, "top_k": opts.top_k,
                 "resamples": opts.resamples, "confidence": opts.confidence, "seed": opts.seed,

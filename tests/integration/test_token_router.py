@@ -77,6 +77,18 @@ def test_status_is_current_then_stale_with_another_recipe(token_routed):
     assert status == "stale" and any(d.startswith("recipe") for d in diffs)
 
 
+def test_the_eval_fingerprint_names_the_live_token_router(token_routed):
+    """eval reuses a cached report only when its inputs are equal: the token router's live version is one."""
+    from moe_experts.evaluation.options import EvalOptions
+    from moe_experts.evaluation.runner import eval_inputs
+    from moe_experts.workspace import MANIFEST, live_dir, sha256_file
+
+    setup, _, _ = token_routed
+    routers = eval_inputs(setup, EvalOptions(), [c.domain for c in setup.registry.cards])["routers"]
+    live = live_dir(setup.workspace.router_dir("token"))
+    assert live.name.startswith("v-") and routers["token"] == sha256_file(live / MANIFEST)[:16]
+
+
 def test_dead_experts_stop_the_save(token_routed):
     setup, recipe, _ = token_routed
     folder = token_router_dir(setup.workspace.root)
