@@ -100,7 +100,7 @@ def route_tokens(model: Any, token_ids: Sequence[int], start: int, experts: list
 def ask_token(setup: Setup, requests: Sequence[Request], *, overrides: dict[str, Any] | None = None,
               explain: bool = False, layer: int | None = None, batch_size: int = 8) -> list[TokenAnswer]:
     """Answer every request with the token-level MoE (batched), with per-token routes when explaining."""
-    from moe_experts.inference.generate import _encode, _fit_context
+    from moe_experts.inference.generate import encode_prompt, fit_context
 
     loaded, experts = load_token_moe(setup)
     n_layers = loaded.model.config.num_hidden_layers
@@ -112,8 +112,8 @@ def ask_token(setup: Setup, requests: Sequence[Request], *, overrides: dict[str,
     for request, g in zip(requests, outs):
         routes: tuple[TokenRoute, ...] = ()
         if explain:
-            _, budget = _fit_context([loaded.model], settings.max_new_tokens)
-            prompt_ids, _ = _encode(loaded.tokenizer, request.text, budget)
+            _, budget = fit_context([loaded.model], settings.max_new_tokens)
+            prompt_ids, _ = encode_prompt(loaded.tokenizer, request.text, budget)
             routes = route_tokens(loaded.model, [*prompt_ids, *g.token_ids], len(prompt_ids), experts, chosen,
                                   loaded.tokenizer)
         answers.append(TokenAnswer(request, g, chosen, routes))

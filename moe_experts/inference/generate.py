@@ -384,7 +384,3 @@ def _seeded(seed: int | None, device: Any) -> Iterator[None]:
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
-
-
-# The names these helpers had before they were public (inference.ask_token still uses them).
-_fit_context, _encode = fit_context, encode_prompt
