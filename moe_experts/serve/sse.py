@@ -24,6 +24,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# JSON leaves these unescaped, but line readers that split like str.splitlines (httpx's aiter_lines among
+# them) end a line at each, cutting an event's JSON in two; escaped, every event is one line.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def event(data: Any) -> bytes:
+    """One server-sent event: ``data: <json>`` on a single line, whatever characters the text holds."""
+    return f"data: {json.dumps(data, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n".encode()
+
+
 class CancellingResponse(StreamingResponse):
     """A StreamingResponse that sets ``cancel`` however it ends: done, client gone, or an error."""
 
@@ -71,7 +81,7 @@ async def _events(timeout: float, kind: str, rid: str, created: int, model: str,
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         data = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices, **extra}
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+        return event(data)
 
     def choice(i: int, piece: str | None, finish: str | None) -> dict[str, Any]:
         if kind == "chat":
@@ -96,7 +106,7 @@ async def _events(timeout: float, kind: str, rid: str, created: int, model: str,
         except Cancelled:
             return  # the client went away (the batch worker logs it)
         except Exception as exc:  # reported to the client as an error event, never a traceback
-            yield f"data: {json.dumps(from_outcome(exc, timeout).body(), ensure_ascii=False)}\n\n".encode()
+            yield event(from_outcome(exc, timeout).body())
             return
         if not finished.text.startswith(sent[i]):  # decoding a prefix differed from the whole (rare)
             logger.warning("stream %s: streamed text is not a prefix of the answer", rid)

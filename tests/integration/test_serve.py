@@ -227,6 +227,17 @@ def test_the_library_streamer_sees_exactly_the_generated_tokens(served):
         generate(a.model, a.tokenizer, ["x", "y"], settings, streamer=Collect())
 
 
+def test_every_event_is_one_line_whatever_the_text_holds():
+    """The load test found one answer in 10,000 whose text held a character str.splitlines breaks at (httpx's
+    aiter_lines does): the event's JSON arrived in two lines. Such characters are escaped now."""
+    from moe_experts.serve.sse import event
+
+    text = "a\u2028b\x85c\u2029d\ne\rf\x1cg\x0bh\x0ci é"
+    line = event({"text": text}).decode()
+    assert line.endswith("\n\n") and len(line[:-2].splitlines()) == 1
+    assert json.loads(line.removeprefix("data: "))["text"] == text and "é" in line  # still UTF-8, not \u00e9
+
+
 def test_a_stop_string_split_across_tokens_is_held_back():
     from moe_experts.serve.pieces import held_back
 
