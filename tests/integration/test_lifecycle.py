@@ -1,6 +1,9 @@
 """Growing and pruning the expert set (``moe-experts experts add / remove``) on the micro preset.
 
-Every test works on its own copy of the session's routed micro workspace and of its cards folder.
+Every test works on its own copy of a workspace and of its cards folder: ``grow`` copies the session's routed
+micro workspace (four experts); ``grown`` copies the module's ``grown_once``, to which ``add_expert`` added
+the unix expert once, so that the tests of what follows an add do not each train it again. ``grown_once``
+itself is only read, never written, so the tests do not depend on their order.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import hashlib
 import json
 import random
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -45,22 +48,65 @@ def write_card(folder: Path, name: str, sources: list[dict], **fields) -> Path:
     return path
 
 
+def _copy_setup(setup, dest: Path):
+    """``setup`` over copies of its workspace and cards folder, made under ``dest``."""
+    from moe_experts.config import load_registry
+
+    cards = dest / "cards"
+    shutil.copytree(setup.registry.source_dir, cards)
+    ws = dest / "ws"
+    shutil.copytree(setup.workspace.root, ws)
+    return replace(setup, workspace=replace(setup.workspace, root=ws), registry=load_registry(cards))
+
+
+def _unix_card(folder: Path) -> Path:
+    """The unix card (a local jsonl of manual-page-like documents), written in ``folder`` outside any cards folder."""
+    text = folder / "unix.jsonl"
+    text.write_text("".join(json.dumps({"text": t}) + "\n" for t in unix_documents(260)))
+    return write_card(folder, "unix", [{"kind": "local", "path": str(text), "format": "jsonl"}])
+
+
 @pytest.fixture
 def grow(routed, tmp_path):
     """(setup over a copy of the routed workspace and cards, router recipe, the new card's path outside the cards)."""
-    from moe_experts.config import load_registry
     from moe_experts.recipes import load_recipe
 
     setup, _, recipe_path = routed
-    cards = tmp_path / "cards"
-    shutil.copytree(setup.registry.source_dir, cards)
-    ws = tmp_path / "ws"
-    shutil.copytree(setup.workspace.root, ws)
-    copy = replace(setup, workspace=replace(setup.workspace, root=ws), registry=load_registry(cards))
-    text = tmp_path / "unix.jsonl"
-    text.write_text("".join(json.dumps({"text": t}) + "\n" for t in unix_documents(260)))
-    new_card = write_card(tmp_path, "unix", [{"kind": "local", "path": str(text), "format": "jsonl"}])
-    return copy, load_recipe(recipe_path), new_card
+    return _copy_setup(setup, tmp_path), load_recipe(recipe_path), _unix_card(tmp_path)
+
+
+@dataclass(frozen=True)
+class Grown:
+    setup: object  # over the grown workspace, its cards folder read again (five experts)
+    recipe: object
+    new_card: Path  # the unix card as given to the add, outside the cards folder
+    result: object  # the add's AddResult
+    before: dict[str, str]  # _old_files of the routed copy before the add
+    router_before: dict[str, str]  # _live_router_files of the routed copy before the add
+
+
+@pytest.fixture(scope="module")
+def grown_once(routed, tmp_path_factory) -> Grown:
+    """A copy of the routed workspace to which ``add_expert`` added unix (seed init) once for the module.
+
+    Read it, never write it: a test that changes the grown set takes ``grown`` (its own copy) instead.
+    """
+    from moe_experts.lifecycle import add_expert
+    from moe_experts.recipes import load_recipe
+
+    setup, _, recipe_path = routed
+    root = tmp_path_factory.mktemp("grown")
+    setup = _copy_setup(setup, root)
+    recipe, new_card = load_recipe(recipe_path), _unix_card(root)
+    before, router_before = _old_files(setup), _live_router_files(setup)
+    result = add_expert(setup, new_card, recipe=recipe)
+    return Grown(_reload(setup), recipe, new_card, result, before, router_before)
+
+
+@pytest.fixture
+def grown(grown_once, tmp_path) -> Grown:
+    """``grown_once`` with the setup over this test's own copy of its workspace and cards folder."""
+    return replace(grown_once, setup=_copy_setup(grown_once.setup, tmp_path))
 
 
 def file_hashes(root: Path, folders: list[str]) -> dict[str, str]:
@@ -92,23 +138,15 @@ def _reload(setup):
     return replace(setup, registry=load_registry(Path(setup.registry.source_dir)))
 
 
-def test_add_leaves_the_others_byte_for_byte_and_remove_restores_the_router(grow):
+def test_add_leaves_the_others_byte_for_byte(grown_once):
     from moe_experts.data.build import corpora_state
-    from moe_experts.evaluation.options import EvalOptions
-    from moe_experts.evaluation.runner import run_eval
-    from moe_experts.lifecycle import add_expert, remove_expert
     from moe_experts.routing.doc_router import DocRouter, router_dir
 
-    setup, recipe, new_card = grow
-    before = _old_files(setup)
-    router_before = _live_router_files(setup)
-
-    result = add_expert(setup, new_card, recipe=recipe)
-
-    grown = _reload(setup)
+    grown, result, new_card = grown_once.setup, grown_once.result, grown_once.new_card
     assert grown.registry.names == ["code", "general", "law", "medicine", "unix"]
     assert (Path(grown.registry.source_dir) / "unix.yaml").read_text() == new_card.read_text()
-    new_files = {k: v for k, v in _old_files(setup).items() if k in before}
+    before = grown_once.before
+    new_files = {k: v for k, v in _old_files(grown).items() if k in before}
     assert new_files == before  # every file of the seed, the experts, the generalist, tokenizer and old corpora
     assert result.trained and result.init == {"method": "seed", "from": {"seed": result.untouched["seed"]}}
     assert (grown.workspace.model_dir("unix") / "model.safetensors").exists()
@@ -119,17 +157,24 @@ def test_add_leaves_the_others_byte_for_byte_and_remove_restores_the_router(grow
     decision = router.route(["LS(1) User Commands\nNAME ls - list directory contents\n-r, --recursive list subdirectories"])[0][0]
     assert decision.predicted == "unix"
 
-    report = run_eval(grown, EvalOptions(max_docs=4, suites=False, speed_prompts=0, latency_requests=0))
+
+def test_an_added_expert_is_evaluated_and_remove_restores_the_router(grown):
+    from moe_experts.evaluation.options import EvalOptions
+    from moe_experts.evaluation.runner import run_eval
+    from moe_experts.lifecycle import add_expert, remove_expert
+
+    grown_setup, recipe = grown.setup, grown.recipe
+    report = run_eval(grown_setup, EvalOptions(max_docs=4, suites=False, speed_prompts=0, latency_requests=0))
     assert "expert:unix" in [s["name"] for s in report["systems"]] and "unix" in report["domains"]
     assert any("not on unix" in note for note in report["notes"])
 
-    removed = remove_expert(grown, "unix", recipe=recipe)
-    pruned = _reload(grown)
+    removed = remove_expert(grown_setup, "unix", recipe=recipe)
+    pruned = _reload(grown_setup)
     assert pruned.registry.names == ["code", "general", "law", "medicine"]
-    assert removed.card == Path(grown.registry.source_dir) / "removed" / "unix.yaml" and removed.card.exists()
+    assert removed.card == Path(grown_setup.registry.source_dir) / "removed" / "unix.yaml" and removed.card.exists()
     # the same cards, recipe and cached embeddings: the router is the one from before the add, bar its timings
-    assert _live_router_files(setup) == router_before
-    assert (grown.workspace.model_dir("unix") / "model.safetensors").exists()  # kept without --delete
+    assert _live_router_files(pruned) == grown.router_before
+    assert (pruned.workspace.model_dir("unix") / "model.safetensors").exists()  # kept without --delete
 
     again = add_expert(pruned, removed.card, recipe=recipe)  # adding it back reuses what was built
     assert not again.trained and not removed.card.exists()
@@ -341,17 +386,19 @@ def test_a_pretrained_expert_of_another_architecture_is_served_by_the_document_r
     assert refused.startswith("not rebuilt") and "GPT2LMHeadModel" in refused
 
 
-def test_the_python_api_grows_and_prunes_the_set(grow):
-    from moe_experts import AddResult, MoE
+def test_the_python_api_prunes_and_grows_the_set(grown):
+    from moe_experts import AddResult, MoE, RemoveResult
 
-    setup, recipe, new_card = grow
+    setup, recipe = grown.setup, grown.recipe
     moe = MoE.open(cards=setup.registry.source_dir, preset="micro", workspace=setup.workspace.root)
-    assert moe.route(["SSH(1) User Commands"])[0].expert != "unix"
-    added = moe.add_expert(new_card, doc_router=recipe)
-    assert isinstance(added, AddResult) and moe.experts[-1] == "unix"
-    assert moe.route(["LS(1) User Commands\nNAME ls - list directory contents\n-r, --recursive"])[0].expert == "unix"
+    unix = "LS(1) User Commands\nNAME ls - list directory contents\n-r, --recursive"
+    assert moe.experts[-1] == "unix" and moe.route([unix])[0].expert == "unix"
     removed = moe.remove_expert("unix", doc_router=recipe)
-    assert removed.card.exists() and "unix" not in moe.experts
+    assert isinstance(removed, RemoveResult) and removed.card.exists() and "unix" not in moe.experts
+    assert moe.route(["SSH(1) User Commands"])[0].expert != "unix"  # the router was refitted without it
+    added = moe.add_expert(removed.card, doc_router=recipe)
+    assert isinstance(added, AddResult) and moe.experts[-1] == "unix"
+    assert moe.route([unix])[0].expert == "unix"
 
 
 def test_cli_refusals_name_the_flag_and_exit_non_zero(grow, tmp_path):
@@ -370,30 +417,30 @@ def test_cli_refusals_name_the_flag_and_exit_non_zero(grow, tmp_path):
     assert listed.returncode == 0 and "general     general     base     trained" in listed.stdout
 
 
-def test_token_router_rebuilt_on_request_with_one_more_expert_per_layer(grow):
-    from moe_experts.lifecycle import add_expert
+def test_token_router_rebuilt_on_request_with_one_more_expert_per_layer(grown):
+    from moe_experts.lifecycle import add_expert, remove_expert
     from moe_experts.recipes import TokenRouterRecipe
     from moe_experts.routing.train_token import token_router_dir
     from moe_experts.workspace import read_json
     from tests.integration.test_token_router import FAST
 
-    setup, recipe, new_card = grow
+    # unix taken out and added back: the add with `token` is the one under test, without training unix again
+    removed = remove_expert(grown.setup, "unix", recipe=grown.recipe)
+    setup, recipe = _reload(grown.setup), grown.recipe
     token_recipe = TokenRouterRecipe.model_validate({**FAST, "dead_expert_share": 0.0})
-    result = add_expert(setup, new_card, recipe=recipe, token=True, token_recipe=token_recipe)
+    result = add_expert(setup, removed.card, recipe=recipe, token=True, token_recipe=token_recipe)
     assert result.token_router.startswith("rebuilt with code, general, law, medicine, unix")
     config = read_json(token_router_dir(setup.workspace.root) / "config.json")
     assert config["num_local_experts"] == 5
 
 
-def test_train_generalist_after_growth_sees_every_domain_and_matches_every_branch(grow):
-    from moe_experts.lifecycle import add_expert
+def test_train_generalist_after_growth_sees_every_domain_and_matches_every_branch(grown):
     from moe_experts.modeling.generalist import train_generalists
     from moe_experts.modeling.stages import GENERALIST, TrainOptions, model_manifest
 
-    setup, recipe, new_card = grow
-    old = model_manifest(setup, GENERALIST)
-    add_expert(setup, new_card, recipe=recipe)
-    grown = _reload(setup)
+    grown = grown.setup
+    old = model_manifest(grown, GENERALIST)  # the add left the generalist of the four
+    assert old["domains"] == ["code", "general", "law", "medicine"]
     assert not train_generalists(grown)[0].trained  # quickstart's call: the old one stays the comparison
     built = train_generalists(grown, TrainOptions(update=True), domains=grown.registry.domains)[0]
     assert built.trained and built.manifest["domains"] == grown.registry.domains
@@ -402,15 +449,12 @@ def test_train_generalist_after_growth_sees_every_domain_and_matches_every_branc
     assert not train_generalists(grown)[0].trained  # and quickstart keeps the new one
 
 
-def test_rebuild_builds_every_corpus_together(grow):
+def test_rebuild_builds_every_corpus_together(grown):
     from moe_experts.data.build import corpora_state
-    from moe_experts.lifecycle import add_expert
     from moe_experts.pipeline import ensure_corpora
     from moe_experts.workspace import read_json
 
-    setup, recipe, new_card = grow
-    add_expert(setup, new_card, recipe=recipe)
-    grown = _reload(setup)
+    grown = grown.setup
     top = grown.workspace.root / "corpora" / "moe_experts.json"
     assert read_json(top)["base_domains"] == ["code", "general", "law", "medicine"]
     assert not ensure_corpora(grown)
@@ -419,15 +463,13 @@ def test_rebuild_builds_every_corpus_together(grow):
     assert corpora_state(grown.workspace, grown.registry, grown.preset.data).state == "current"
 
 
-def test_an_edited_card_of_an_added_domain_rebuilds_that_domain_alone(grow):
+def test_an_edited_card_of_an_added_domain_rebuilds_that_domain_alone(grown):
     from moe_experts.data.build import corpora_state
     from moe_experts.errors import StaleArtifactError
-    from moe_experts.lifecycle import add_expert
     from moe_experts.modeling.stages import TrainOptions, train_experts
     from moe_experts.pipeline import ensure_corpora, ensure_tokenizer
 
-    setup, recipe, new_card = grow
-    add_expert(setup, new_card, recipe=recipe)
+    setup = grown.setup
     before = _old_files(setup)
     declared = Path(setup.registry.source_dir) / "unix.yaml"
     data = yaml.safe_load(declared.read_text())
