@@ -126,13 +126,16 @@ def test_experts_branch_from_the_seed_and_generalist_is_compute_matched(trained_
 
 
 def test_second_run_reuses_everything(trained_setup):
+    from moe_experts.evaluation.options import EvalOptions
     from moe_experts.recipes import DocRouterRecipe
     from tests.conftest import SMALL_ROUTER_RECIPE as SMALL
 
     recipe = DocRouterRecipe.model_validate(SMALL)
+    # a small report: that it is reused is what is tested here; test_cli's quickstart reuses a default one
+    report = EvalOptions(max_docs=2, suites=False, speed_prompts=0, latency_requests=0)
     run_sanity(trained_setup)
-    quickstart(trained_setup, TrainOptions(), recipe=recipe)  # the router, if no test trained it yet
-    result = quickstart(trained_setup, TrainOptions(), recipe=recipe)
+    quickstart(trained_setup, TrainOptions(), recipe=recipe, evaluation=report)  # the router, if no test trained it yet
+    result = quickstart(trained_setup, TrainOptions(), recipe=recipe, evaluation=report)
     assert [t.stage for t in result.timings if t.built] == []
     assert result.sanity is not None and result.sanity.reused
 
