@@ -19,6 +19,7 @@ Targets (issue 15), on 2 CPU cores with the tiny experts:
 - routing at most 10% of the server-side latency at concurrency 1.
 
     python benchmarks/serve_load.py -w runs/tiny [--cards experts] [--levels 1 8 32] [--requests 96] [--soak 10000]
+        [--workers 1] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_model, sample_requests, usable_cores, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = 1000  # soak requests between two readings of resident memory
 
 
 def main() -> None:
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--soak-max-tokens", type=int, default=8)
     ap.add_argument("--warm-up", type=int, default=500, help="soak requests before the first memory reading")
     ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=1, help="the batched server's --workers")
     ap.add_argument("--no-baseline", action="store_true", help="skip the one-at-a-time server")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -71,9 +74,9 @@ def main() -> None:
         "benchmark": "serve_load", "date": dt.date.today().isoformat(), "cpu": cpu_model(),
         "cores": usable_cores(), "preset": preset, "experts": registry.names, "prompts": len(prompts),
         "max_tokens": args.max_tokens, "requests_per_level": args.requests,
-        "batched": {"max_batch_size": args.max_batch_size},
+        "batched": {"max_batch_size": args.max_batch_size, "workers": args.workers},
     }
-    batched = Server(ws.root, args.cards, preset, args.max_batch_size)
+    batched = Server(ws.root, args.cards, preset, args.max_batch_size, args.workers)
     try:
         result["batched"]["levels"] = [batched.level(c, args.requests, prompts, args.max_tokens) for c in args.levels]
         if args.soak:
@@ -81,25 +84,25 @@ def main() -> None:
     finally:
         batched.stop()
     if not args.no_baseline:
-        single = Server(ws.root, args.cards, preset, 1)
+        single = Server(ws.root, args.cards, preset, 1, 1)
         try:
             result["one_at_a_time"] = {"max_batch_size": 1, "levels": [
                 single.level(c, args.requests, prompts, args.max_tokens) for c in args.levels]}
         finally:
             single.stop()
     result["targets"] = targets(result)
-    stem = f"serve_load-{result['date']}-{preset}"
+    stem = f"serve_load-{result['date']}-{preset}-workers{args.workers}"
     write_result(result, args.out, stem)
 
 
 class Server:
     """`moe-experts serve` in a subprocess; its URL, pid, /metrics and resident memory."""
 
-    def __init__(self, root: Path, cards: str, preset: str, max_batch_size: int) -> None:
-        self.log = Path(f"/tmp/serve_load-{os.getpid()}-{max_batch_size}.log")
+    def __init__(self, root: Path, cards: str, preset: str, max_batch_size: int, workers: int) -> None:
+        self.log = Path(f"/tmp/serve_load-{os.getpid()}-{max_batch_size}-{workers}.log")
         cmd = [sys.executable, "-m", "moe_experts", "--preset", preset, "--cards", cards, "-w", str(root), "serve",
                "--host", "127.0.0.1", "--port", "0", "--no-access-log", "--max-batch-size", str(max_batch_size),
-               "--max-queue", "4096", "--timeout", "600"]
+               "--max-queue", "4096", "--timeout", "600", "--workers", str(workers)]
         env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
         with self.log.open("wb") as sink:
             self.proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -112,7 +115,7 @@ class Server:
                     self.url = line.split()[1].removesuffix("/v1")
             time.sleep(0.2)
         self.start_seconds = time.monotonic() - began
-        print(f"server (max batch {max_batch_size}) ready at {self.url} in {self.start_seconds:.1f} s", flush=True)
+        print(f"server (max batch {max_batch_size}, {workers} workers) ready at {self.url} in {self.start_seconds:.1f} s", flush=True)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -148,16 +151,23 @@ class Server:
         return out
 
     def soak(self, concurrency: int, n: int, warm_up: int, prompts: list[str], max_tokens: int) -> dict[str, Any]:
+        """``n`` requests after ``warm_up`` ones, resident memory read after warm-up and every ``SAMPLE`` requests."""
         asyncio.run(load(self.url, concurrency, warm_up, prompts, max_tokens))
-        rss_warm = self.rss_mib()
+        series = [round(self.rss_mib(), 1)]
+        rows: list[dict[str, Any]] = []
         began = time.perf_counter()
-        rows = asyncio.run(load(self.url, concurrency, n, prompts, max_tokens))
+        for start in range(0, n, SAMPLE):
+            rows += asyncio.run(load(self.url, concurrency, min(SAMPLE, n - start), prompts, max_tokens))
+            series.append(round(self.rss_mib(), 1))
         wall = time.perf_counter() - began
-        rss_end = self.rss_mib()
         out = summarise(rows, wall, concurrency)
-        out.update({"max_tokens": max_tokens, "warm_up_requests": warm_up, "rss_mib_after_warm_up": round(rss_warm, 1),
-                    "rss_mib_after": round(rss_end, 1), "rss_growth_pct": round(100 * (rss_end / rss_warm - 1), 2)})
-        print(json.dumps(out), flush=True)
+        first, last = float(np.median(series[:3])), float(np.median(series[-3:]))
+        out.update({"max_tokens": max_tokens, "warm_up_requests": warm_up, "rss_mib_after_warm_up": series[0],
+                    "rss_mib_after": series[-1], "rss_growth_pct": round(100 * (series[-1] / series[0] - 1), 2),
+                    "rss_mib_max": max(series), "rss_sample_every": SAMPLE, "rss_mib_series": series,
+                    # the allocator's sawtooth moves single readings by a few percent: medians of three as well
+                    "rss_growth_pct_medians": round(100 * (last / first - 1), 2)})
+        print(json.dumps({k: v for k, v in out.items() if k != "rss_mib_series"}), flush=True)
         return out
 
 

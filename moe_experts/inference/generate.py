@@ -324,7 +324,9 @@ def _warn_fitted(requested: int, max_new: int, budget: int | None, *, cut: int, 
 def encode_prompt(tokenizer: Any, prompt: str, budget: int | None) -> tuple[list[int], bool]:
     """The prompt's token ids (chat template, bos, cut from the left to ``budget``) and whether it was cut."""
     templated = bool(getattr(tokenizer, "chat_template", None))
-    ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    # verbose=False: a prompt longer than the context is expected here (it is cut below, and the callers say
+    # so), not worth the tokenizer's "sequence length is longer than the maximum" warning
+    ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False, verbose=False)["input_ids"]
     # A chat template writes its own start tokens; otherwise begin like a training document does
     # (the starter models saw every document after an end-of-text / bos token).
     bos = tokenizer.bos_token_id
