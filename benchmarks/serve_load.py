@@ -115,7 +115,8 @@ class Server:
                     self.url = line.split()[1].removesuffix("/v1")
             time.sleep(0.2)
         self.start_seconds = time.monotonic() - began
-        print(f"server (max batch {max_batch_size}, {workers} workers) ready at {self.url} in {self.start_seconds:.1f} s", flush=True)
+        print(f"server (max batch {max_batch_size}, {workers} workers) ready at {self.url} in "
+              f"{self.start_seconds:.1f} s", flush=True)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

@@ -247,16 +247,9 @@ def ask(
     explain: bool = False,
     pool: ExpertPool | None = None,
     batch_size: int = 8,
-    streamer: Any = None,
 ) -> list[Answer]:
-    """Route every request, then answer each with its expert (or its top-k mixture).
-
-    ``streamer`` (one request only) receives the answer's tokens as they are generated; see ``generate``.
-    """
+    """Route every request, then answer each with its expert (or its top-k mixture)."""
     check_ask(setup, top_k=top_k, expert=expert)
-    if streamer is not None and len(requests) != 1:
-        raise RequestError(f"a streamer follows one answer, but {len(requests)} requests were given",
-                           hint="stream one request at a time")
     pool = pool or ExpertPool(setup)
     overrides = overrides or {}
     decisions, seconds = router.route([r.text for r in requests], explain=explain)
@@ -279,8 +272,8 @@ def ask(
     for name, idx in by_expert.items():
         loaded = pool.get(name)
         settings = _settings(setup, name, overrides)
-        outs = generate(loaded.model, loaded.tokenizer, [requests[i].text for i in idx], settings, batch_size=batch_size,
-                        streamer=streamer)
+        outs = generate(loaded.model, loaded.tokenizer, [requests[i].text for i in idx], settings,
+                        batch_size=batch_size)
         for i, out in zip(idx, outs):
             answers[i] = Answer(requests[i], decisions[i], plans[i], out, per_request)
     for i, plan in enumerate(plans):
@@ -289,7 +282,7 @@ def ask(
             loaded = [pool.get(n) for n in names]
             check_shared_vocabulary({n: m.tokenizer for n, m in zip(names, loaded)})
             out = generate_mixture([m.model for m in loaded], [w for _, w in plan], loaded[0].tokenizer,
-                                   requests[i].text, _settings(setup, names[0], overrides), streamer=streamer)
+                                   requests[i].text, _settings(setup, names[0], overrides))
             answers[i] = Answer(requests[i], decisions[i], plan, out, per_request)
     return [answers[i] for i in range(len(requests))]
 

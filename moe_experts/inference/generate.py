@@ -9,7 +9,7 @@ transformers processors ``generate`` uses, and one token is drawn.
 
 Both paths take an optional ``streamer`` with transformers' ``BaseStreamer`` protocol: ``put`` is called once
 with the prompt's ids, then with each new token as it is chosen, and ``end`` when generation stops; a
-streamer that raises from ``put`` aborts generation (the server does this when a client disconnects).
+streamer that raises from ``put`` aborts generation (a caller's way to stop it early).
 Streaming needs one prompt at a time.
 
 Both paths fit the request into the models' context: the starter models only

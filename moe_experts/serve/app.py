@@ -85,7 +85,8 @@ def create_app(engine: Engine) -> FastAPI:
             usage = req.stream_options is not None and req.stream_options.include_usage
             return stream(engine, kind, rid, created, req.model, texts, settings, usage)
         cancel = threading.Event()
-        futures = _submit_all(lambda i, t: engine.submit(req.model, t, settings, cancel=cancel, name=rid), texts, cancel)
+        futures = _submit_all(lambda i, t: engine.submit(req.model, t, settings, cancel=cancel, name=rid), texts,
+                              cancel)
         try:
             done = await _wait(request, futures, cancel)
         except Exception as exc:

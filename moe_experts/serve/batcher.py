@@ -2,8 +2,8 @@
 
 A worker thread (``workers`` of them; each decodes a different lane) uses the models. Requests wait in a
 queue; when a worker is free it takes everything waiting, routes all of it in one call to the document
-router (``/v1/route`` texts too), and sorts the generation requests into lanes by who generates: one expert, one set of experts mixed (``auto-mix``; each
-request keeps its own weights), or the token-level MoE. It then decodes the lane whose first request is
+router (``/v1/route`` texts too), and sorts the generation requests into lanes by who generates: one
+expert, one set of experts mixed (``auto-mix``; each request keeps its own weights), or the token-level MoE. It then decodes the lane whose first request is
 oldest, up to ``max_batch_size`` requests at once (``inference.batch``: each keeps its own settings and
 seed). When the worker was idle, it first waits up to ``max_wait_ms`` for more requests to join; under
 load the queue fills while a batch runs, so batches form without waiting.

@@ -151,13 +151,6 @@ class Engine:
 
         return self._batcher.submit(Job(model=ROUTE, texts=list(texts)))
 
-    def complete(self, model: str, text: str, settings: Settings, **kw: Any) -> Completion:
-        """``submit``, then wait for the answer."""
-        return self.submit(model, text, settings, **kw).result()
-
-    def route(self, texts: Sequence[str]) -> list[Any]:
-        return self.submit_route(texts).result()
-
     def reload_router(self) -> dict[str, Any]:
         """Load the workspace's live router again and swap it in between two batches; requests are not dropped.
 

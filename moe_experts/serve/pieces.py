@@ -3,10 +3,9 @@
 ``PieceStreamer`` watches one row of a batch (``inference.batch``): ``token`` is called with each new token,
 and returns True once a stop string has appeared, which ends that row. It hands on only text that is
 final: nothing past the first stop string, and nothing that could still turn into one (a stop string
-split across tokens is held back until the next token settles it). It also follows transformers'
-``BaseStreamer`` protocol (``put`` the prompt, then each token; ``end``) for ``inference.generate``.
-When the client goes away, ``cancel`` is set and the next token raises ``Cancelled``, which takes that
-row out of its batch. ``serve.sse`` turns the pieces into server-sent events.
+split across tokens is held back until the next token settles it). When the client goes away, ``cancel``
+is set and the next token raises ``Cancelled``, which takes that row out of its batch. ``serve.sse``
+turns the pieces into server-sent events.
 """
 
 from __future__ import annotations
@@ -30,19 +29,9 @@ class PieceStreamer:
     def __init__(self, tokenizer: Any, stops: Sequence[str], emit: Callable[[str], None] | None,
                  cancel: threading.Event) -> None:
         self.tokenizer, self.stops, self.emit, self.cancel = tokenizer, tuple(stops), emit, cancel
-        self._prompt_seen = False
         self._ids: list[int] = []
         self._sent = 0  # characters of the decoded answer handed on so far
         self._stopped = False  # a stop string was seen: nothing more is sent
-
-    def put(self, value: Any) -> None:
-        if self.cancel.is_set():
-            raise Cancelled(len(self._ids))
-        if not self._prompt_seen:  # the first call carries the prompt's ids, as in model.generate
-            self._prompt_seen = True
-            return
-        for t in value.reshape(-1).tolist():
-            self.token(int(t))
 
     def token(self, token: int) -> bool:
         """Take one new token; True once the answer has reached a stop string (generation can end there)."""
@@ -66,9 +55,6 @@ class PieceStreamer:
                 self.emit(text[self._sent:final])
             self._sent = final
         return self._stopped
-
-    def end(self) -> None:
-        pass
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:

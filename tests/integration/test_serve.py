@@ -88,7 +88,7 @@ def live(served, server_log):
     before = _files(served.workspace.root)
     url, proc = start(served, server_log)
     yield url, proc
-    stop(proc, server_log)  # unless the drain test (last in this file) already did
+    stop(proc, server_log)
     assert _files(served.workspace.root) == before  # the server only reads the workspace
 
 
@@ -251,14 +251,18 @@ def test_streamed_chunks_come_while_generating_and_a_disconnect_frees_the_engine
     the answer was done), and the next request is answered."""
     refused = post(server, "/completions", {"model": "auto-mix", "prompt": "hi", "max_tokens": 100_000})
     limit = int(error_of(refused, 422)["message"].split("generates at most ")[1].split()[0])
-    body = {"model": "auto-mix", "prompt": PROMPTS["medicine"], "max_tokens": limit, "temperature": 1.0, "seed": 3,
-            "stream": True}
     before = server_log.read_text(errors="replace").count("the client went away")
-    with httpx.stream("POST", server + "/completions", json=body, timeout=120) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
+    for seed in range(3, 13):  # a sampled answer may end at once (eos): then the next seed
+        body = {"model": "auto-mix", "prompt": PROMPTS["medicine"], "max_tokens": limit, "temperature": 1.0,
+                "seed": seed, "stream": True}
+        with httpx.stream("POST", server + "/completions", json=body, timeout=120) as response:
+            assert response.status_code == 200
+            texts = (json.loads(line[6:])["choices"][0]["text"] for line in response.iter_lines()
+                     if line.startswith("data: {"))
+            if any(texts):
                 break  # the first text; leaving the block closes the connection
+    else:
+        pytest.fail("ten sampled answers were all empty")
     deadline = time.monotonic() + 60
     while server_log.read_text(errors="replace").count("the client went away") == before:
         assert time.monotonic() < deadline, server_log.read_text(errors="replace")
@@ -377,7 +381,8 @@ def test_concurrent_requests_are_batched_and_metrics_say_so(client, server):
     def sizes() -> tuple[float, float]:
         text = httpx.get(server.removesuffix("/v1") + "/metrics", timeout=30).text
         values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
-        return values['moe_experts_batch_size_sum{kind="single"}'], values['moe_experts_batch_size_count{kind="single"}']
+        kind = '{kind="single"}'
+        return values[f"moe_experts_batch_size_sum{kind}"], values[f"moe_experts_batch_size_count{kind}"]
 
     before_sum, before_count = sizes()
     with ThreadPoolExecutor(8) as pool:
@@ -534,17 +539,20 @@ def test_the_admin_endpoint_refuses_other_machines():
 # ---------------------------------------------------------------------------------------------- shutdown (last)
 
 
-def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_and_exits_0(live, server_log):
-    url, proc = live
+def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_and_exits_0(served, tmp_path):
+    """Its own server, one request at a time, so that sixteen streams are still generating when the signal
+    comes (batched, the micro models finish them all inside uvicorn's first 0.1 s of shutdown)."""
+    server_log = tmp_path / "server.log"
+    url, proc = start(served, server_log, "--max-batch-size", "1")
     refused = post(url, "/completions", {"model": "auto-mix", "prompt": "hi", "max_tokens": 100_000})
     limit = int(error_of(refused, 422)["message"].split("generates at most ")[1].split()[0])
-    body = {"model": "auto-mix", "prompt": PROMPTS["medicine"], "max_tokens": limit, "temperature": 1.0, "seed": 3,
+    body = {"model": "auto-mix", "prompt": PROMPTS["medicine"], "max_tokens": limit, "temperature": 1.0,
             "stream": True}
     with contextlib.ExitStack() as stack:
-        # Sixteen streams in flight, each with its first chunk: generating them (in batches) outlasts uvicorn's
-        # 0.1 s check for the signal even with the micro models.
-        streams = [stack.enter_context(httpx.stream("POST", url + "/completions", json=body, timeout=120))
-                   for _ in range(16)]
+        # Sixteen streams in flight, each with its first chunk, generated one after another.
+        # Each its own seed: one sampled answer may end at its first token (eos), sixteen will not all.
+        streams = [stack.enter_context(httpx.stream("POST", url + "/completions", json={**body, "seed": seed},
+                                                    timeout=120)) for seed in range(16)]
         lines = [r.iter_lines() for r in streams]
         assert all(next(it).startswith("data: ") for it in lines)
         proc.send_signal(signal.SIGTERM)
@@ -562,3 +570,4 @@ def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_and_exit
         assert json.loads(rest[-2].removeprefix("data: "))["choices"][0]["finish_reason"] in ("stop", "length")
     assert proc.wait(timeout=60) == 0
     assert "Waiting for connections to close" in server_log.read_text(errors="replace")  # it was in flight
+    stop(proc, server_log)  # exit 0, "Finished server process", no traceback
