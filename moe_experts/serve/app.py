@@ -85,8 +85,7 @@ def create_app(engine: Engine) -> FastAPI:
             usage = req.stream_options is not None and req.stream_options.include_usage
             return stream(engine, kind, rid, created, req.model, texts, settings, usage)
         cancel = threading.Event()
-        futures = _submit_all(lambda i, t: engine.submit(req.model, t, settings, cancel=cancel, name=rid), texts,
-                              cancel)
+        futures = engine.submit_all(req.model, texts, settings, cancel=cancel, name=rid)
         try:
             done = await _wait(request, futures, cancel)
         except Exception as exc:
@@ -151,18 +150,6 @@ def create_app(engine: Engine) -> FastAPI:
                            f"serving: {err.message}", code="reload_failed", kind="server_error") from None
 
     return app
-
-
-def _submit_all(submit: Any, texts: Sequence[str], cancel: threading.Event) -> list[Future]:
-    """Queue one job per text; when the queue refuses one, the others are withdrawn (all or nothing)."""
-    futures = []
-    try:
-        for i, t in enumerate(texts):
-            futures.append(submit(i, t))
-    except APIError:
-        cancel.set()
-        raise
-    return futures
 
 
 async def _wait(request: Request, futures: list[Future], cancel: threading.Event) -> list[Any]:

@@ -11,6 +11,7 @@ generated (``serve.pieces``). ``reload_router`` swaps in a retrained router betw
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 AUTO, AUTO_MIX, TOKEN_MOE = "auto", "auto-mix", "token-moe"
-# Windows the router embeds at once. A routing batch holds every request waiting, and MiniLM's attention for
-# 64 windows of 256 tokens is 200 MB for a moment: the server's resident memory swung by 15% with it.
+# Windows the router embeds at once. A routing batch holds every request waiting, and MiniLM's attention
+# scores for 64 windows of 256 tokens are 64 x 12 heads x 256 x 256 floats, about 200 MB for a moment (a
+# computed size); the server's resident memory swung by 15% between readings while it embedded 64 at once.
 EMBED_BATCH = 8
 
 
@@ -144,6 +146,24 @@ class Engine:
         if cancel is not None:
             job.cancel = cancel
         return self._batcher.submit(job)
+
+    def submit_all(self, model: str, texts: Sequence[str], settings: Settings, *, cancel: threading.Event,
+                   name: str = "", on_text: Callable[[int, str], None] | None = None,
+                   on_done: Callable[[int, Future], None] | None = None) -> list[Future]:
+        """``submit`` every text (``on_text`` and ``on_done`` get its index), all or none: when the queue refuses
+        one, ``cancel`` withdraws those already queued and the refusal is raised."""
+        futures = []
+        try:
+            for i, text in enumerate(texts):
+                emit = None if on_text is None else functools.partial(on_text, i)
+                future = self.submit(model, text, settings, on_text=emit, cancel=cancel, name=name)
+                if on_done is not None:
+                    future.add_done_callback(functools.partial(on_done, i))
+                futures.append(future)
+        except APIError:
+            cancel.set()
+            raise
+        return futures
 
     def submit_route(self, texts: Sequence[str]) -> Future:
         """Queue texts for routing only (they join the next routing batch); the result is their decisions."""

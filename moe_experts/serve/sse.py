@@ -52,8 +52,6 @@ def stream(engine: Engine, kind: str, rid: str, created: int, model: str, texts:
            usage: bool) -> CancellingResponse:
     """The SSE response for a streamed request (one choice per text). The texts are queued now, so a full
     queue is refused with 503 before the response starts; their pieces are sent as they are generated."""
-    from moe_experts.serve.errors import APIError
-
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
     cancel = threading.Event()
@@ -61,14 +59,8 @@ def stream(engine: Engine, kind: str, rid: str, created: int, model: str, texts:
     def put(item: tuple[str, int, Any]) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    try:
-        for i, text in enumerate(texts):
-            future = engine.submit(model, text, settings, on_text=lambda s, i=i: put(("text", i, s)), cancel=cancel,
-                                   name=rid)
-            future.add_done_callback(lambda f, i=i: put(("done", i, f)))
-    except APIError:
-        cancel.set()  # all or nothing: the texts already queued are withdrawn
-        raise
+    engine.submit_all(model, texts, settings, cancel=cancel, name=rid,  # a full queue refuses it here (503)
+                      on_text=lambda i, s: put(("text", i, s)), on_done=lambda i, f: put(("done", i, f)))
     events = _events(engine.batching.timeout, kind, rid, created, model, len(texts), usage, queue)
     return CancellingResponse(events, cancel, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
