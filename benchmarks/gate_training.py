@@ -27,28 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_model, usable_cores, write_result  # noqa: E402
+from benchmarks.machine import BF16_PEAK, cpu_model, measured_gemm_flops, usable_cores, write_result  # noqa: E402
 from moe_experts.config import load_preset, load_registry  # noqa: E402
 from moe_experts.recipes import TokenRouterRecipe, load_token_recipe  # noqa: E402
 from moe_experts.modeling.stages import Setup  # noqa: E402
 from moe_experts.workspace import Workspace, read_json  # noqa: E402
-
-# dense bf16 peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
-BF16_PEAK = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
-
-
-def measured_gemm_flops(torch, n: int = 2048, seconds: float = 3.0) -> float:
-    """FLOP/s of repeated n x n fp32 matrix products on this CPU (its practical peak for this work)."""
-    import time
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        torch.matmul(a, b)
-        done += 1
-    return 2 * n**3 * done / (time.perf_counter() - started)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -371,6 +371,69 @@ class DataConfig(StrictModel):
     )
 
 
+class SpeedConfig(StrictModel):
+    """How training runs fast, never what it computes: every setting here keeps the phase's budget,
+    global batch and schedule, so a model trained with any of them is comparable at the same tokens.
+
+    ``auto`` picks what measured fastest on the device (``moe_experts.modeling.speed``); each
+    setting can be forced. Not part of the preset's fingerprint: a workspace trained one way is
+    reused when the preset is later run another way, and each manifest records what was used.
+    """
+
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto", description="torch.compile the training step (auto: for phases of at least "
+        "compile_min_steps steps; a failure falls back to eager with one warning). Also --no-compile or "
+        "MOE_EXPERTS_COMPILE=0.")
+    compile_min_steps: int | Literal["auto"] = Field(
+        default="auto", description="With compile auto, the shortest phase that is compiled (auto: 500 steps on "
+        "a GPU, 1,500 on a CPU). On 2 CPU cores with tiny a cold compile took about 45 s and saved 45 ms a step: "
+        "the 400-step seed trained in 43.7 s eager and 71.9 s compiled, the 1,000-step generalist in 106.2 s "
+        "eager, 85.5 s compiled with a warm compiler cache and 129.9 s with a cold one.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="bf16 autocast over fp32 weights, or plain fp32 (auto: bf16 on a GPU that "
+        "supports it and on CPUs with native bf16, AMX or AVX512-BF16; fp32 otherwise).")
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        default="auto", description="Attention kernel while training (auto: sdpa on GPU, eager on CPU, where it "
+        "measured faster at these sizes).")
+    micro_batch_size: int | Literal["auto"] = Field(
+        default="auto", description="Sequences per forward pass; gradient accumulation keeps the preset's batch "
+        "(auto: the whole per-device batch, halved on a GPU until a step fits in memory). Must divide it.")
+    fused_adamw: bool = Field(default=True, description="torch's fused AdamW (same update, one kernel).")
+    dataloader_workers: int | Literal["auto"] = Field(
+        default="auto", description="Worker processes cutting training blocks (auto: 2 on GPU, 0 on CPU).")
+    parallel_branches: int | Literal["auto"] = Field(
+        default="auto", description="Expert branches trained side by side, one process each (auto: up to 4 on "
+        "one GPU, one per GPU with several; 1 on CPU, where two side by side measured at most 1.1x on 2 cores).")
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("micro_batch_size must be at least 1 (or auto)")
+        return v
+
+    @field_validator("compile_min_steps")
+    @classmethod
+    def _min_steps(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("compile_min_steps must be at least 1 (or auto)")
+        return v
+
+    @field_validator("parallel_branches")
+    @classmethod
+    def _parallel(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("parallel_branches must be at least 1 (or auto)")
+        return v
+
+    @field_validator("dataloader_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("dataloader_workers must be 0 or more (or auto)")
+        return v
+
+
 class Preset(StrictModel):
     """Everything about a workspace's starter models: sizes, vocabulary, training budgets."""
 
@@ -396,6 +459,20 @@ class Preset(StrictModel):
     eval_tokens_per_domain: int = Field(default=32_768, ge=1, description="Validation tokens per domain in the check.")
     seed: int = 1234
     data: DataConfig = DataConfig()
+    speed: SpeedConfig = SpeedConfig()
+
+    def fingerprint(self) -> str:
+        """Every field but ``speed``: how fast a model trained is not what it was trained from."""
+        return hash_json(self.model_dump(mode="json", exclude={"speed"}))
+
+    @model_validator(mode="after")
+    def _micro_batch_divides(self) -> Preset:
+        micro = self.speed.micro_batch_size
+        if isinstance(micro, int) and (self.batch_size * self.gradient_accumulation_steps) % micro:
+            raise ValueError(
+                f"speed.micro_batch_size {micro} does not divide the batch of {self.batch_size} x "
+                f"{self.gradient_accumulation_steps} accumulation steps; pick a divisor, or auto")
+        return self
 
     @property
     def tokens_per_step(self) -> int:

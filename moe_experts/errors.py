@@ -10,6 +10,8 @@ passes, and the CLI shows each such name as its flag (--resume, --top-k).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MoeExpertsError(Exception):
     """Base of every error the library raises on purpose."""
@@ -23,6 +25,14 @@ class MoeExpertsError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # an error raised in a worker process (experts trained in parallel) keeps its hint when pickled back
+        return (_rebuild, (type(self), self.message, self.hint))
+
+
+def _rebuild(cls: type[MoeExpertsError], message: str, hint: str | None) -> MoeExpertsError:
+    return cls(message, hint=hint)
 
 
 class ConfigError(MoeExpertsError):

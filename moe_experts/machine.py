@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ONLINE_ENV = "MOE_EXPERTS_ONLINE"
+COMPILE_ENV = "MOE_EXPERTS_COMPILE"  # 0 / off / false / no: train eager, never torch.compile (--no-compile)
 _TRUE = {"1", "true", "yes", "on"}
 
 

@@ -25,7 +25,7 @@ from moe_experts.data.tokenizer import build_token_streams, tokenizer_status, tr
 from moe_experts.errors import MissingArtifactError, StaleArtifactError
 from moe_experts.modeling.sanity import SanityReport, run_sanity
 from moe_experts.modeling.generalist import train_generalists
-from moe_experts.modeling.stages import Setup, TrainOptions, train_experts, train_seed
+from moe_experts.modeling.stages import Setup, TrainOptions, parallel_branch_workers, train_experts, train_seed
 from moe_experts.routing.kinds import check_options, router_kind
 from moe_experts.workspace import MANIFEST, read_json
 
@@ -134,9 +134,14 @@ def quickstart(
     _timed(result, "corpora", lambda: ensure_corpora(setup, update=opts.update, strict=strict, rebuild=rebuild), flag)
     _timed(result, "tokenizer", lambda: ensure_tokenizer(setup, update=opts.update), flag)
     _timed(result, "seed", lambda: train_seed(setup, opts), lambda b: b.trained)
-    for card in setup.registry.starters:
-        _timed(result, f"expert {card.name}", lambda c=card: train_experts(setup, [c.domain], opts),
+    workers = parallel_branch_workers(setup.preset, len(setup.registry.starters))
+    if workers > 1:  # side by side: one stage
+        _timed(result, f"experts ({workers} at a time)", lambda: train_experts(setup, None, opts),
                lambda bs: any(b.trained for b in bs))
+    else:
+        for card in setup.registry.starters:
+            _timed(result, f"expert {card.name}", lambda c=card: train_experts(setup, [c.domain], opts),
+                   lambda bs: any(b.trained for b in bs))
     _timed(result, "generalist", lambda: train_generalists(setup, opts), lambda bs: any(b.trained for b in bs))
     result.sanity = _timed(result, "sanity check", lambda: run_sanity(setup), lambda r: not r.reused)
     recipe = recipe or DocRouterRecipe()

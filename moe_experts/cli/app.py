@@ -22,7 +22,7 @@ from moe_experts.cli.sanity import sanity
 from moe_experts.cli.serve import serve
 from moe_experts.cli.train import train
 from moe_experts.errors import MoeExpertsError
-from moe_experts.machine import ONLINE_ENV
+from moe_experts.machine import COMPILE_ENV, ONLINE_ENV
 
 DEFAULT_CARDS = "experts"
 ENV_CARDS = "MOE_EXPERTS_CARDS"
@@ -64,11 +64,13 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
               "[env MOE_EXPERTS_SEED]. For the spread over seeds: `moe-experts eval spread`.")
 @click.option("--online", is_flag=True, help="Let loading download models and datasets from the Hugging Face Hub "
               "(default: the local cache only) [env MOE_EXPERTS_ONLINE=1].")
+@click.option("--no-compile", is_flag=True, help="Train eager: no torch.compile, whatever the preset's "
+              "speed.compile says [env MOE_EXPERTS_COMPILE=0].")
 @click.option("--verbose", "-v", count=True, help="More log output (-vv includes transformers).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
 @click.pass_context
 def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, seed: int | None, online: bool,
-        verbose: int, quiet: bool) -> None:
+        no_compile: bool, verbose: int, quiet: bool) -> None:
     """Domain-expert language models behind one learned router.
 
     \b
@@ -83,6 +85,8 @@ def cli(ctx: click.Context, workspace: str | None, preset: str, cards: str, seed
     if online:
         # the one switch every hub-touching call reads (moe_experts.machine.online); torchrun's workers inherit it
         os.environ[ONLINE_ENV] = "1"
+    if no_compile:
+        os.environ[COMPILE_ENV] = "0"  # read where each phase resolves its speed settings; torchrun's workers inherit it
     ctx.obj = State(workspace, preset, cards, seed)
 
 

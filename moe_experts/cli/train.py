@@ -37,13 +37,17 @@ def train_seed_cmd(ctx: click.Context, resume: bool, restart: bool, force: bool)
 
 @train.command("experts")
 @click.option("--domains", "-d", multiple=True, metavar="A,B", help="Only these domains (default: every starter card).")
+@click.option("--parallel", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Train N branches side by side, one process each [default: the preset's speed.parallel_branches: "
+              "up to 4 on one GPU, one per GPU with several, 1 on CPU].")
 @_training_command
-def train_experts_cmd(ctx: click.Context, domains: tuple[str, ...], resume: bool, restart: bool, force: bool) -> None:
+def train_experts_cmd(ctx: click.Context, domains: tuple[str, ...], parallel: int | None, resume: bool, restart: bool,
+                      force: bool) -> None:
     """Branch the seed into one expert per starter card, each trained on its own domain."""
     from moe_experts.modeling.stages import train_experts
 
     setup = load_setup(ctx)
-    for built in train_experts(setup, domain_list(domains), train_options(resume, restart, force)):
+    for built in train_experts(setup, domain_list(domains), train_options(resume, restart, force), parallel=parallel):
         click.echo(f"{built.name}: {'trained' if built.trained else 'up to date'} ({setup.workspace.model_dir(built.name)})")
 
 

@@ -1,8 +1,12 @@
 """Causal-LM training on token streams, through the transformers Trainer.
 
-The Trainer is the engine: bf16 on GPUs, plain fp32 on CPU, multi-GPU when
-launched with ``torchrun`` / ``accelerate launch``, resumable checkpoints every
-``save_steps`` (restored with ``weights_only=True`` loads), seeded data order.
+The Trainer is the engine: multi-GPU when launched with ``torchrun`` /
+``accelerate launch``, resumable checkpoints every ``save_steps`` (restored
+with ``weights_only=True`` loads), seeded data order. How fast it runs (bf16
+autocast, ``torch.compile`` with an eager fallback, the attention kernel, fused
+AdamW, micro-batches with accumulation, loader workers) is the preset's
+``speed`` section, resolved per device in ``speed.py``; no step reads a value
+back from the device except at logging and validation steps.
 This module adds what the project needs around it: a dataset of fixed-length
 blocks sampled from one or more domain streams, refusing to silently discard
 or silently reuse an interrupted run, and compact progress lines when the
@@ -24,6 +28,7 @@ import numpy as np
 
 from moe_experts.config import PhaseConfig, Preset
 from moe_experts.errors import TrainingError
+from moe_experts.modeling import speed as speed_mod
 from moe_experts.progress import bars_enabled
 from moe_experts.workspace import read_json, write_json_atomic
 
@@ -73,6 +78,7 @@ class TrainResult:
     last_loss: float | None
     resumed_from_step: int | None
     device: str
+    speed: dict[str, Any] | None = None  # the resolved speed settings (speed.Speed.to_json())
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -193,6 +199,16 @@ def _resumable(trainer_class: Any) -> Any:
     return ResumableTrainer
 
 
+def resolve_run_speed(model: Any, preset: Preset, device: str, steps: int | None = None) -> speed_mod.Speed:
+    """The preset's speed settings for this model on ``device`` and a phase of ``steps`` (probing GPU memory)."""
+    fits = None
+    if device == "cuda" and preset.speed.micro_batch_size == "auto":
+        precision = "bf16" if preset.speed.precision != "fp32" and speed_mod.native_bf16(device) else "fp32"
+        fits = speed_mod.cuda_fits(model.to("cuda"), preset.seq_len, precision)
+    return speed_mod.resolve_speed(preset.speed, device=device, batch_size=preset.batch_size,
+                                   accumulation=preset.gradient_accumulation_steps, steps=steps, fits=fits)
+
+
 def train_causal_lm(
     model: Any,
     dataset: BlockDataset,
@@ -204,40 +220,55 @@ def train_causal_lm(
     seed: int,
     what: str,
     callbacks: Sequence[Any] = (),
+    speed: speed_mod.Speed | None = None,
 ) -> tuple[TrainResult, Any]:
-    """Train ``model`` for ``phase.steps`` optimiser steps; returns the result and the Trainer."""
-    import torch
+    """Train ``model`` for ``phase.steps`` optimiser steps; returns the result and the Trainer.
+
+    ``speed``: the resolved settings (default: the preset's, for this device). When torch.compile
+    fails before the first optimiser step, the run warns once and goes on eager from the same weights.
+    """
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     device = device_kind()
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        max_steps=phase.steps,
-        per_device_train_batch_size=preset.batch_size,
-        gradient_accumulation_steps=preset.gradient_accumulation_steps,
-        learning_rate=phase.learning_rate,
-        lr_scheduler_type="cosine_with_min_lr" if phase.schedule == "cosine" else "constant_with_warmup",
-        lr_scheduler_kwargs={"min_lr_rate": phase.min_lr_ratio} if phase.schedule == "cosine" else {},
-        warmup_steps=phase.warmup_steps,
-        weight_decay=phase.weight_decay,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        max_grad_norm=1.0,
-        save_strategy="steps",
-        save_steps=preset.save_steps,
-        save_total_limit=2,
-        logging_steps=preset.logging_steps,
-        logging_first_step=True,
-        seed=seed,
-        data_seed=seed,
-        bf16=bf16,
-        use_cpu=device == "cpu",
-        report_to="none",
-        disable_tqdm=not bars_enabled(),
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
+    run_speed = speed or resolve_run_speed(model, preset, device, phase.steps)
+    logger.info("%s: %s, %s%s attention, micro-batch %d x %d accumulation%s", what, run_speed.precision,
+                "compiled, " if run_speed.compile else "", run_speed.attention, run_speed.micro_batch_size,
+                run_speed.accumulation, ", fused AdamW" if run_speed.fused_adamw else "")
+
+    def arguments(compiled: bool) -> Any:
+        return TrainingArguments(
+            output_dir=str(ckpt_dir),
+            max_steps=phase.steps,
+            per_device_train_batch_size=run_speed.micro_batch_size,
+            gradient_accumulation_steps=run_speed.accumulation,
+            learning_rate=phase.learning_rate,
+            lr_scheduler_type="cosine_with_min_lr" if phase.schedule == "cosine" else "constant_with_warmup",
+            lr_scheduler_kwargs={"min_lr_rate": phase.min_lr_ratio} if phase.schedule == "cosine" else {},
+            warmup_steps=phase.warmup_steps,
+            weight_decay=phase.weight_decay,
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            max_grad_norm=1.0,
+            optim="adamw_torch_fused" if run_speed.fused_adamw else "adamw_torch",
+            save_strategy="steps",
+            save_steps=preset.save_steps,
+            save_total_limit=2,
+            logging_steps=preset.logging_steps,
+            logging_first_step=True,
+            logging_nan_inf_filter=False,  # its isnan() check reads the loss back every step
+            seed=seed,
+            data_seed=seed,
+            bf16=run_speed.precision == "bf16",
+            torch_compile=compiled,
+            torch_compile_backend=speed_mod.COMPILE_BACKEND if compiled else None,
+            use_cpu=device == "cpu",
+            report_to="none",
+            disable_tqdm=not bars_enabled(),
+            dataloader_num_workers=run_speed.dataloader_workers,
+            dataloader_pin_memory=device == "cuda",
+            dataloader_persistent_workers=run_speed.dataloader_workers > 0,
+            remove_unused_columns=False,
+        )
 
     class _LogLines(TrainerCallback):
         """One INFO line per logging step when there is no progress bar to watch."""
@@ -246,12 +277,47 @@ def train_causal_lm(
             if not bars_enabled() and logs and "loss" in logs:
                 logger.info("%s: step %d/%d loss %.4f", what, state.global_step, state.max_steps, logs["loss"])
 
-    trainer = _resumable(Trainer)(model=model, args=args, train_dataset=dataset, callbacks=[_LogLines(), *callbacks])
-    trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; _LogLines says the same on stderr
+    class _Stepped(TrainerCallback):
+        """Whether this attempt took an optimiser step (after one, a compile failure is not retried eager)."""
+
+        stepped = False
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.stepped = True
+
+    attention_before = getattr(model.config, "_attn_implementation", None)
+    if attention_before != run_speed.attention:
+        model.set_attn_implementation(run_speed.attention)
     started = time.monotonic()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    compiled = run_speed.compile
+    if compiled:
+        import torch._dynamo
+
+        # a phase is a new model: drop the last phase's compiled frames (their guards would only fail, and count
+        # towards dynamo's recompile limit); the compiled kernels stay cached on disk and are reused
+        torch._dynamo.reset()
+    try:
+        while True:
+            stepped = _Stepped()
+            trainer = _resumable(Trainer)(model=model, args=arguments(compiled), train_dataset=dataset,
+                                          callbacks=[_LogLines(), stepped, *callbacks])
+            trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; _LogLines says the same on stderr
+            try:
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                break
+            except Exception as exc:
+                # before the first optimiser step the weights are untouched: the same run, eager
+                if not (compiled and not stepped.stepped and speed_mod.is_compile_error(exc)):
+                    raise
+                speed_mod.mark_compile_broken(speed_mod.compile_failure(exc))
+                model.zero_grad(set_to_none=True)
+                compiled = False
+    finally:
+        if attention_before is not None and attention_before != run_speed.attention:
+            model.set_attn_implementation(attention_before)
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    world = max(args.world_size, 1)
+    world = max(trainer.args.world_size, 1)
+    used = speed_mod.Speed(**{**run_speed.to_json(), "compile": compiled})
     result = TrainResult(
         steps=trainer.state.global_step,
         tokens=trainer.state.global_step * preset.tokens_per_step * world,
@@ -260,5 +326,6 @@ def train_causal_lm(
         last_loss=losses[-1] if losses else None,
         resumed_from_step=int(resume_from.name.split("-")[-1]) if resume_from else None,
         device=device,
+        speed=used.to_json(),
     )
     return result, trainer

@@ -69,8 +69,11 @@ def validation_set(streams: Mapping[str, np.ndarray], tokenizer: Any, *, seq_len
     return ValidationSet(blocks=blocks, predicted_bytes=predicted)
 
 
-def bits_per_byte(model: Any, val: ValidationSet, *, batch_size: int) -> dict[str, float]:
-    """Each domain's bits per byte on its validation blocks (model left in the mode it was in)."""
+def bits_per_byte(model: Any, val: ValidationSet, *, batch_size: int, bf16: bool | None = None) -> dict[str, float]:
+    """Each domain's bits per byte on its validation blocks (model left in the mode it was in).
+
+    ``bf16``: under bf16 autocast, as the run trains (default: on a GPU only); losses add up in float64.
+    """
     import torch
 
     was_training = model.training
@@ -78,7 +81,8 @@ def bits_per_byte(model: Any, val: ValidationSet, *, batch_size: int) -> dict[st
     device = next(model.parameters()).device
     out: dict[str, float] = {}
     try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        autocast = device.type == "cuda" if bf16 is None else bf16
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             for domain, blocks in val.blocks.items():
                 nll = torch.zeros((), dtype=torch.float64, device=device)
                 for b in range(0, len(blocks), batch_size):
@@ -115,8 +119,11 @@ class ValidationState:
 
 
 def validation_callback(model: Any, val: ValidationSet, config: ValidationConfig, *, what: str, batch_size: int,
-                        resume_from: Path | None) -> Any:
-    """A TrainerCallback that validates, stops early, and keeps the best weights (``.best_state()``)."""
+                        resume_from: Path | None, bf16: bool | None = None) -> Any:
+    """A TrainerCallback that validates, stops early, and keeps the best weights (``.best_state()``).
+
+    ``bf16``: score under bf16 autocast, as the run trains (default: on a GPU only).
+    """
     from transformers import TrainerCallback
 
     class Validation(TrainerCallback):
@@ -131,7 +138,7 @@ def validation_callback(model: Any, val: ValidationSet, config: ValidationConfig
                     self._best = load_file(str(resume_from / BEST_WEIGHTS))
 
         def _validate(self, step: int) -> bool:
-            scores = bits_per_byte(model, val, batch_size=batch_size)
+            scores = bits_per_byte(model, val, batch_size=batch_size, bf16=bf16)
             score = sum(scores.values()) / len(scores)
             self.state.history.append((step, score))
             if self.state.start is None:

@@ -198,7 +198,7 @@ def fit_router(
         "domains": list(domains),
         "fallback": fallback,
         **(extra or {}),
-        "embedder": {"spec": recipe.embedder, **embedder.info.to_json()},
+        "embedder": {"spec": recipe.embedder, **embedder.info.to_json(), "precision": embedder.precision},
         "recipe": recipe.model_dump(mode="json"),
         "recipe_fingerprint": recipe.fingerprint(),
         "documents": {"train": len(train.texts), "val": len(val.texts)},

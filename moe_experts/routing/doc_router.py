@@ -300,14 +300,16 @@ class DocRouter:
         def split(prefix: str, xs: Sequence[str], ys: Sequence[str]) -> Split:
             return Split([f"{prefix}-{i}" for i in range(len(xs))], list(xs), np.asarray([index[y] for y in ys]))
 
-        embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size)
+        embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size, precision="auto")  # bulk
         fitted = fit_router(split("train", texts, labels), split("val", val_texts, val_labels), experts=experts,
                             domains=experts, fallback=fallback, recipe=recipe, embedder=embedder)
         return cls.from_fit(fitted, embedder)
 
     @classmethod
     def from_fit(cls, fitted: FittedRouter, embedder: Embedder | None = None) -> DocRouter:
-        """The router of a fit, in memory (``save`` writes it)."""
+        """The router of a fit, in memory (``save`` writes it); it embeds requests in fp32, as a loaded one does."""
+        if embedder is not None:
+            embedder.precision = "fp32"  # the fit may have embedded its documents in bf16
         return cls(fitted.manifest, fitted.index, fitted.tensors, fitted.calibrator, None, embedder=embedder,
                    documents=fitted.documents)
 

@@ -76,6 +76,9 @@ def embed_cached(
     another recipe, the benchmarks and the evaluator cost nothing extra.
     """
     folder = setup.workspace.embeddings_dir(embedder.info.sha256)
+    precision = getattr(embedder, "precision", "fp32")
+    if precision != "fp32":  # vectors of one precision per cache
+        folder = folder.with_name(f"{folder.name}-{precision}")
     if max_windows is not None:  # a router that reads only a request's first windows
         folder = folder.with_name(f"{folder.name}-first{max_windows}")
     path = folder / "vectors.npy"
@@ -134,7 +137,7 @@ def fit_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool 
     hashes = corpus_hashes(setup)
     train = _read_split(setup, "train", recipe.max_train_documents_per_domain)
     val = _read_split(setup, "val", recipe.max_val_documents_per_domain)
-    embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size)
+    embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size, precision="auto")  # bulk: bf16 if native
     logger.info("router: embedding %d training and %d validation documents with %s", len(train.texts),
                 len(val.texts), embedder.id)
     examples = _card_examples(setup)

@@ -81,3 +81,24 @@ def test_weights_hash_sees_a_changed_file(tmp_path: Path):
     first = weights_hash(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"b")
     assert weights_hash(tmp_path) != first
+
+
+def test_bulk_precision(embedder: Embedder, monkeypatch):
+    """bf16 embedding (a router's training documents) stays within a cosine of 0.9995 of fp32; auto follows the
+    environment, then the device; requests are fp32 by default, so a vector does not depend on its batch."""
+    texts = ["hypertension and fever", "def f(x): return x", LONG]
+    fp32 = embedder.embed(texts)
+    assert embedder.precision == "fp32"
+    try:
+        embedder.precision = "bf16"
+        bf16 = embedder.embed(texts)
+    finally:
+        embedder.precision = "fp32"
+    assert bf16.dtype == np.float32 and np.allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
+    assert (fp32 * bf16).sum(axis=1).min() > 0.9995
+    assert not np.array_equal(fp32, bf16)  # it did run in bf16
+    monkeypatch.setenv("MOE_EXPERTS_EMBED_PRECISION", "fp32")
+    assert Embedder(precision="auto").precision == "fp32"
+    monkeypatch.setenv("MOE_EXPERTS_EMBED_PRECISION", "fp16")
+    with pytest.raises(ConfigError, match="bf16, fp32 or auto"):
+        Embedder(precision="auto")
