@@ -90,6 +90,11 @@ EOF
   local report
   report=$(ls -d "$WS"/reports/btx-* | tail -1)
   cp "$report/report.md" "$report/report.json" "$RESULTS/"
+  if [ ! -s "$RESULTS/train_throughput.json" ]; then
+    log "benchmark: training throughput per phase, before / after the fast path / plain-loop anchor (issue 16)"
+    $PY benchmarks/train_throughput.py --preset "$preset" --steps "${THROUGHPUT_STEPS:-60}" --warmup 15 \
+      --out "$RESULTS/train_throughput.json"
+  fi
   log "job: finished"
 }
 
