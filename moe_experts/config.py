@@ -384,7 +384,7 @@ class SpeedConfig(StrictModel):
         default="auto", description="torch.compile the training step (auto: for phases of at least "
         "compile_min_steps steps; a failure falls back to eager with one warning). Also --no-compile or "
         "MOE_EXPERTS_COMPILE=0.")
-    compile_min_steps: int | Literal["auto"] = Field(
+    compile_min_steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto", description="With compile auto, the shortest phase that is compiled (auto: 500 steps on "
         "a GPU, 1,500 on a CPU). On 2 CPU cores with tiny a cold compile took about 45 s and saved 45 ms a step: "
         "the 400-step seed trained in 43.7 s eager and 71.9 s compiled, the 1,000-step generalist in 106.2 s "
@@ -395,43 +395,15 @@ class SpeedConfig(StrictModel):
     attention: Literal["auto", "sdpa", "eager"] = Field(
         default="auto", description="Attention kernel while training (auto: sdpa on GPU, eager on CPU, where it "
         "measured faster at these sizes).")
-    micro_batch_size: int | Literal["auto"] = Field(
+    micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto", description="Sequences per forward pass; gradient accumulation keeps the preset's batch "
         "(auto: the whole per-device batch, halved on a GPU until a step fits in memory). Must divide it.")
     fused_adamw: bool = Field(default=True, description="torch's fused AdamW (same update, one kernel).")
-    dataloader_workers: int | Literal["auto"] = Field(
+    dataloader_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         default="auto", description="Worker processes cutting training blocks (auto: 2 on GPU, 0 on CPU).")
-    parallel_branches: int | Literal["auto"] = Field(
+    parallel_branches: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto", description="Expert branches trained side by side, one process each (auto: up to 4 on "
         "one GPU, one per GPU with several; 1 on CPU, where two side by side measured at most 1.1x on 2 cores).")
-
-    @field_validator("micro_batch_size")
-    @classmethod
-    def _positive(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("micro_batch_size must be at least 1 (or auto)")
-        return v
-
-    @field_validator("compile_min_steps")
-    @classmethod
-    def _min_steps(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("compile_min_steps must be at least 1 (or auto)")
-        return v
-
-    @field_validator("parallel_branches")
-    @classmethod
-    def _parallel(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("parallel_branches must be at least 1 (or auto)")
-        return v
-
-    @field_validator("dataloader_workers")
-    @classmethod
-    def _workers(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 0:
-            raise ValueError("dataloader_workers must be 0 or more (or auto)")
-        return v
 
 
 class Preset(StrictModel):

@@ -125,25 +125,34 @@ def _inputs(setup: Setup, data: DataInputs, parent: str | None) -> dict[str, Any
     }
 
 
+def _current_manifest(setup: Setup, name: str, inputs: dict[str, Any], opts: TrainOptions) -> dict[str, Any] | None:
+    """The verified manifest of a model to reuse as it is, or None when it must be built (missing, ``force``,
+    or stale with ``update``); a stale model without ``update`` is refused."""
+    folder = setup.workspace.model_dir(name)
+    if opts.force or not (folder / MANIFEST).exists():
+        return None
+    manifest = verify_checkpoint(folder)
+    try:
+        check_inputs(
+            f"model '{name}'",
+            manifest.get("inputs", {}),
+            inputs,
+            rebuild_hint=f"retrain it with --force, or run `moe-experts quickstart --update` ({folder})",
+        )
+    except StaleArtifactError:
+        if not opts.update:
+            raise
+        logger.info("%s: stale, retraining", name)
+        return None
+    return manifest
+
+
 def _reuse_or_build(
     setup: Setup, name: str, inputs: dict[str, Any], opts: TrainOptions, build: Callable[[], dict[str, Any]]
 ) -> Built:
-    folder = setup.workspace.model_dir(name)
-    if (folder / MANIFEST).exists() and not opts.force:
-        manifest = verify_checkpoint(folder)
-        try:
-            check_inputs(
-                f"model '{name}'",
-                manifest.get("inputs", {}),
-                inputs,
-                rebuild_hint=f"retrain it with --force, or run `moe-experts quickstart --update` ({folder})",
-            )
-        except StaleArtifactError:
-            if not opts.update:
-                raise
-            logger.info("%s: stale, retraining", name)
-            return Built(name, build(), trained=True)
-        logger.info("%s: up to date, reusing %s", name, folder)
+    manifest = _current_manifest(setup, name, inputs, opts)
+    if manifest is not None:
+        logger.info("%s: up to date, reusing %s", name, setup.workspace.model_dir(name))
         return Built(name, manifest, trained=False)
     return Built(name, build(), trained=True)
 
@@ -273,7 +282,7 @@ def train_experts(
     seed_manifest = verify_checkpoint(seed_dir) if (seed_dir / MANIFEST).exists() else None
     if seed_manifest is not None and not opts.callbacks:  # callbacks live in this process only
         todo = [c for c in cards if c.model.kind == "starter" and data.is_base(c.domain)
-                and not _is_current(setup, c.name, _inputs(setup, data, parent=weights_id(seed_manifest)), opts)]
+                and _current_manifest(setup, c.name, _inputs(setup, data, parent=weights_id(seed_manifest)), opts) is None]
         workers = parallel if parallel is not None else parallel_branch_workers(setup.preset, len(todo))
         if workers > 1 and len(todo) > 1:
             built = dict(zip([c.name for c in todo], _train_branches_in_parallel(setup, todo, opts, workers)))
@@ -295,19 +304,6 @@ def train_experts(
         else:
             out.append(_train_added_branch(setup, card, data, seed_manifest, opts, init or BranchInit()))
     return out
-
-
-def _is_current(setup: Setup, name: str, inputs: dict[str, Any], opts: TrainOptions) -> bool:
-    """Whether ``_reuse_or_build`` would reuse the model as it is (a stale one it would refuse counts as current:
-    the sequential path raises the error)."""
-    folder = setup.workspace.model_dir(name)
-    if opts.force or not (folder / MANIFEST).exists():
-        return False
-    try:
-        check_inputs(f"model '{name}'", read_json(folder / MANIFEST).get("inputs", {}), inputs, rebuild_hint="")
-    except StaleArtifactError:
-        return not opts.update
-    return True
 
 
 def _branch_worker(setup: Setup, domain: str, opts: TrainOptions, threads: int, gpu: int | None, level: int) -> Built:
