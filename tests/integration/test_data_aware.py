@@ -30,11 +30,16 @@ def _tokens_hash(setup: Setup) -> str:
     return model_manifest(setup, SEED)["inputs"]["tokenizer_hash"]
 
 
-def _val_bpb(setup: Setup, name: str, domain: str, *, bf16: bool | None = None) -> float:
+def _val_bpb(setup: Setup, name: str, domain: str, *, speed: dict | None = None) -> float:
+    """A saved model's validation bits per byte; with ``speed`` (a run's manifest), scored the way that run scored."""
     loaded = load_checkpoint(setup.workspace.model_dir(name))
+    bf16 = None
+    if speed is not None:  # under bf16 the rounding depends on the attention kernel and the batch shape
+        loaded.model.set_attn_implementation(speed["attention"])
+        bf16 = speed["precision"] == "bf16"
     val = validation_set({domain: load_stream(setup.workspace, _tokens_hash(setup), domain, "val")}, loaded.tokenizer,
                          seq_len=setup.preset.seq_len, tokens_per_domain=setup.preset.validation.tokens_per_domain)
-    return bits_per_byte(loaded.model, val, batch_size=8, bf16=bf16)[domain]
+    return bits_per_byte(loaded.model, val, batch_size=setup.preset.batch_size, bf16=bf16)[domain]
 
 
 def test_repeats_of_a_small_domain_are_capped(trained_setup, tmp_path):
@@ -79,9 +84,7 @@ def test_best_checkpoint_is_the_one_kept(trained_setup, tmp_path):
     med = train_experts(setup, ["medicine"], TrainOptions(force=True))[0].manifest["training"]
     history = dict((int(s), v) for s, v in med["validation"]["history"])
     assert med["kept_step"] == min(history, key=history.get)
-    # scored as the run scored it: under bf16 autocast where training used it
-    same_precision = med["speed"]["precision"] == "bf16"
-    assert _val_bpb(setup, "medicine", "medicine", bf16=same_precision) == pytest.approx(history[med["kept_step"]], rel=1e-5)
+    assert _val_bpb(setup, "medicine", "medicine", speed=med["speed"]) == pytest.approx(history[med["kept_step"]], rel=1e-5)
 
 
 def test_generalist_needs_the_tokens_it_is_matched_to(trained_setup, tmp_path):
