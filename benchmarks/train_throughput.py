@@ -140,16 +140,11 @@ def trainer_run(phase: str, preset: Preset, config: SpeedConfig, steps: int, cud
     """One phase through train_causal_lm, with the settings the pipeline's phase would get; clocked per step."""
     from transformers import TrainerCallback
 
-    from moe_experts.modeling import speed as speed_mod
-    from moe_experts.modeling.train import BlockDataset, device_kind, train_causal_lm
+    from moe_experts.modeling.train import BlockDataset, device_kind, resolve_run_speed, train_causal_lm
 
     model = model_for(phase, preset)
     run_preset = preset.model_copy(update={"speed": config, "save_steps": steps + 1, "logging_steps": 25})
-    device = device_kind()
-    fits = speed_mod.cuda_fits(model.to("cuda"), preset.seq_len, "bf16") if cuda and config.micro_batch_size == "auto" else None
-    speed = speed_mod.resolve_speed(config, device=device, batch_size=preset.batch_size,
-                                    accumulation=preset.gradient_accumulation_steps,
-                                    steps=pipeline_steps(phase, preset), fits=fits)
+    speed = resolve_run_speed(model, run_preset, device_kind(), pipeline_steps(phase, preset))  # as the pipeline would
     n = 1 if phase == "branch" else 4
     data = BlockDataset(streams(preset.vocab_size, n, 200_000, seed=1), preset.seq_len,
                         steps * preset.batch_size * preset.gradient_accumulation_steps, seed=2)

@@ -9,7 +9,7 @@ resolves here to what measured fastest (``benchmarks/train_throughput.py``,
   where bf16 would be emulated and slower;
 - ``torch.compile`` of the training step for phases long enough to repay the
   compilation (``compile_min_steps``: 500 steps on a GPU, 1,500 on a CPU,
-  where a cold compile costs ~45 s on 2 cores), with one warning and eager
+  where a cold compile costs roughly 40 s on 2 cores), with one warning and eager
   training when it cannot compile (no C++ compiler, an unsupported Python, a backend
   error): the run goes on, only slower;
 - the attention kernel: SDPA on GPU (flash / memory-efficient kernels); the
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 COMPILE_BACKEND = "inductor"  # tests swap in a backend that fails
 _OFF = {"0", "off", "false", "no"}
 
-# compile_min_steps: auto. On 2 CPU cores a cold compile of tiny's training step took ~45 s and saved 45 ms a step
+# compile_min_steps: auto. On 2 CPU cores a cold compile of tiny's training step cost 37-46 s and saved 45 ms a step
 # (break-even near 1,000 steps); on a GPU compiling made the small seed's step 2.4x faster (issue 16's table).
 COMPILE_MIN_STEPS = {"cuda": 500, "cpu": 1500}
 
@@ -144,6 +144,13 @@ def largest_fitting(batch: int, fits: Callable[[int], bool]) -> int:
         size = smaller
 
 
+def resolve_precision(config: SpeedConfig, device: str) -> str:
+    """``config.precision`` with ``auto`` decided: bf16 where ``device`` multiplies it natively, else fp32."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def resolve_speed(
     config: SpeedConfig, *, device: str, batch_size: int, accumulation: int, steps: int | None = None,
     fits: Callable[[int], bool] | None = None,
@@ -155,10 +162,7 @@ def resolve_speed(
     long enough); ``fits`` (GPU only) says whether a micro-batch of that many sequences fits in memory.
     """
     per_device = batch_size * accumulation
-    if config.precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
-    else:
-        precision = config.precision
+    precision = resolve_precision(config, device)
     if precision == "bf16" and device == "cuda" and not native_bf16(device):
         raise ConfigError("speed.precision is bf16, but this GPU does not support bf16",
                           hint="set speed.precision to fp32 or auto")

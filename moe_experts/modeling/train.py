@@ -203,8 +203,7 @@ def resolve_run_speed(model: Any, preset: Preset, device: str, steps: int | None
     """The preset's speed settings for this model on ``device`` and a phase of ``steps`` (probing GPU memory)."""
     fits = None
     if device == "cuda" and preset.speed.micro_batch_size == "auto":
-        precision = "bf16" if preset.speed.precision != "fp32" and speed_mod.native_bf16(device) else "fp32"
-        fits = speed_mod.cuda_fits(model.to("cuda"), preset.seq_len, precision)
+        fits = speed_mod.cuda_fits(model.to("cuda"), preset.seq_len, speed_mod.resolve_precision(preset.speed, device))
     return speed_mod.resolve_speed(preset.speed, device=device, batch_size=preset.batch_size,
                                    accumulation=preset.gradient_accumulation_steps, steps=steps, fits=fits)
 
