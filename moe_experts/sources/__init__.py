@@ -14,6 +14,7 @@ from moe_experts.sources.icd10 import ICD10Source
 from moe_experts.sources.licenses import DebianCopyrightSource, PackageLicensesSource
 from moe_experts.sources.local import LocalFilesSource
 from moe_experts.sources.man_pages import ManPagesSource
+from moe_experts.sources.ontology_json import OntologyJSONSource
 from moe_experts.sources.python_code import PythonStdlibSource
 from moe_experts.sources.scancode import ScanCodeLicensesSource
 from moe_experts.sources.wordnet import WordNetSource
@@ -24,6 +25,7 @@ SOURCES: dict[str, type[Source]] = {
         PythonStdlibSource,
         HPOSource,
         ICD10Source,
+        OntologyJSONSource,
         PackageLicensesSource,
         DebianCopyrightSource,
         ScanCodeLicensesSource,

