@@ -3,7 +3,10 @@
 One tokenizer for all starter models: the token-level merge (Branch-Train-MiX)
 needs every expert to share a vocabulary. It is trained on the train split of
 every domain, an equal number of characters from each, so no domain's
-statistics dominate the merges.
+statistics dominate the merges. Within a domain the documents are taken in
+the order of a hash of their ids, so every source of the domain is in the
+sample (a split lists its documents source by source: taking the first ones
+would teach the tokenizer only the domain's first source).
 
 Token streams: each split of each domain tokenized once, documents joined with
 the end-of-text token, stored as ``.npy`` (uint16/uint32, loaded without
@@ -23,7 +26,7 @@ import numpy as np
 
 from moe_experts.config import ExpertRegistry, Preset
 from moe_experts.data.build import iter_documents, require_base_corpora, require_corpora, update_domain_manifest
-from moe_experts.data.split import SPLITS, Split
+from moe_experts.data.split import SPLITS, Split, unit_hash
 from moe_experts.errors import MissingArtifactError
 from moe_experts.progress import Progress, bars_enabled
 from moe_experts.workspace import (
@@ -44,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+# which train documents the tokenizer learns from; recorded, so a tokenizer trained by another rule is stale
+SAMPLE_RULE = "documents in order of unit_hash(id, 'tokenizer-sample') up to the budget"
 
 
 def tokenizer_inputs(corpora_manifest: dict[str, Any], preset: Preset) -> dict[str, Any]:
@@ -51,6 +56,7 @@ def tokenizer_inputs(corpora_manifest: dict[str, Any], preset: Preset) -> dict[s
         "corpus_hash": corpora_manifest["corpus_hash"],
         "vocab_size": preset.vocab_size,
         "train_chars_per_domain": preset.data.tokenizer_train_chars_per_domain,
+        "sample": SAMPLE_RULE,
     }
 
 
@@ -64,9 +70,11 @@ def tokenizer_status(ws: Workspace, corpora_manifest: dict[str, Any], preset: Pr
 
 
 def _training_texts(ws: Workspace, domains: list[str], chars_per_domain: int) -> Iterator[str]:
+    """Each domain's train documents in hash order (a sample across its sources) until ``chars_per_domain``."""
     for domain in domains:
+        docs = sorted(iter_documents(ws, domain, "train"), key=lambda d: unit_hash(d.id, "tokenizer-sample"))
         budget = chars_per_domain
-        for doc in iter_documents(ws, domain, "train"):
+        for doc in docs:
             if budget <= 0:
                 break
             yield doc.text

@@ -97,3 +97,23 @@ def test_split_is_deterministic_order_independent_and_disjoint():
 
 def test_split_depends_on_content_not_case_or_spacing():
     assert assign_split("Some  Text here", 0.3, 0.3) == assign_split("some text HERE", 0.3, 0.3)
+
+
+def test_tokenizer_sample_covers_every_source_of_a_domain(tmp_path):
+    """The train split lists documents source by source; the tokenizer's budget must not go to the first source only."""
+    import json
+
+    from moe_experts.data.tokenizer import _training_texts
+    from moe_experts.workspace import Workspace
+
+    folder = tmp_path / "corpora" / "medicine"
+    folder.mkdir(parents=True)
+    rows = [{"id": f"{source}-{i}", "text": f"{source:>13} text {i:03d} " * 5, "source": source, "ref": str(i)}
+            for source in ("hpo", "icd10", "ontology_json") for i in range(100)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    per_doc = len(rows[0]["text"])
+    texts = list(_training_texts(Workspace(tmp_path), ["medicine"], chars_per_domain=60 * per_doc))
+    assert len(texts) == 60
+    counts = {source: sum(t.split()[0] == source for t in texts) for source in ("hpo", "icd10", "ontology_json")}
+    assert all(n >= 10 for n in counts.values()), counts  # a third each, give or take; the first source alone before
+    assert texts == list(_training_texts(Workspace(tmp_path), ["medicine"], chars_per_domain=60 * per_doc))
