@@ -48,6 +48,9 @@ def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, 
     # operations are small and the event loop shares the cores; spinning OpenMP threads made a micro model's
     # forward pass 30x slower on a loaded 2-core machine (the test suite measured 75 ms against 2.5 ms).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from moe_experts.serve.heap import fix_mmap_threshold
+
+    fix_mmap_threshold()  # before the models load: freed tensors go back to the system, resident memory stays flat
     from moe_experts.api import MoE
     from moe_experts.serve.batcher import Batching
     from moe_experts.serve.engine import Engine
