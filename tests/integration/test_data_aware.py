@@ -74,7 +74,7 @@ def test_a_branch_is_never_saved_worse_than_its_seed(trained_setup, tmp_path):
     blind = _copy(trained_setup, tmp_path, "blind", branch_phase=diverging, validation=ValidationConfig())
     law = train_experts(blind, ["law"], TrainOptions(force=True))[0].manifest["training"]
     assert law["validation"] is None and law["steps"] == 40
-    assert _val_bpb(blind, "law", "law") > seed_bpb + 0.1
+    assert _val_bpb(blind, "law", "law") > seed_bpb * 1.01  # worse than the seed: what the guard keeps out
 
 
 def test_best_checkpoint_is_the_one_kept(trained_setup, tmp_path):
