@@ -55,11 +55,11 @@ def test_repeats_of_a_small_domain_are_capped(trained_setup, tmp_path):
 
 
 def test_a_branch_is_never_saved_worse_than_its_seed(trained_setup, tmp_path):
-    """A branch that only gets worse (learning rate 1.0 diverges) keeps the seed's weights, and stops early.
+    """A branch that only gets worse (learning rate 2.0 diverges) keeps the seed's weights, and stops early.
 
     Without validation the same run saves the diverged model: the guarantee is what the test checks.
     """
-    diverging = trained_setup.preset.branch_phase.model_copy(update={"steps": 40, "learning_rate": 1.0})
+    diverging = trained_setup.preset.branch_phase.model_copy(update={"steps": 40, "learning_rate": 2.0})
     guarded = _copy(trained_setup, tmp_path, "guarded", branch_phase=diverging,
                     validation=ValidationConfig(every_steps=2, patience=3, tokens_per_domain=256))
     law = train_experts(guarded, ["law"], TrainOptions(force=True))[0].manifest["training"]
@@ -74,7 +74,7 @@ def test_a_branch_is_never_saved_worse_than_its_seed(trained_setup, tmp_path):
     blind = _copy(trained_setup, tmp_path, "blind", branch_phase=diverging, validation=ValidationConfig())
     law = train_experts(blind, ["law"], TrainOptions(force=True))[0].manifest["training"]
     assert law["validation"] is None and law["steps"] == 40
-    assert _val_bpb(blind, "law", "law") > seed_bpb * 1.01  # worse than the seed: what the guard keeps out
+    assert _val_bpb(blind, "law", "law") > seed_bpb + 0.1
 
 
 def test_best_checkpoint_is_the_one_kept(trained_setup, tmp_path):
