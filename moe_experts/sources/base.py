@@ -82,6 +82,11 @@ class Source(ABC):
         )
 
 
+def sentence(text: str) -> str:
+    """End a fragment with a full stop so that the parts of a document read as consecutive sentences."""
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
 def package_version(distribution: str) -> str | None:
     """Installed version of a distribution, or None when it is not installed."""
     try:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version
+from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version, sentence
 
 ROOT_TERM = "HP:0000001"  # "All": a structural root with no medical content
 # Synonym types that are not alternative names: allelic-requirement codes such as
@@ -32,11 +32,6 @@ def _unquote(value: str) -> tuple[str, str]:
 
 def _unescape(value: str) -> str:
     return _ESCAPE.sub(r"\1", value).strip()
-
-
-def _sentence(text: str) -> str:
-    """End a fragment with a full stop so that the parts read as consecutive sentences."""
-    return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 def default_obo_path() -> Path | None:
@@ -108,10 +103,10 @@ class HPOSource(Source):
         definition = _unquote(tags["def"][0])[0] if "def" in tags else ""
         if not name or (self.params.require_definition and not definition):
             return None
-        parts = [_sentence(name)]
+        parts = [sentence(name)]
         if definition:
-            parts.append(_sentence(definition))
-        parts.extend(_sentence(_unescape(comment)) for comment in tags.get("comment", []) if comment)
+            parts.append(sentence(definition))
+        parts.extend(sentence(_unescape(comment)) for comment in tags.get("comment", []) if comment)
         synonyms: list[str] = []
         for value in tags.get("synonym", []):
             synonym, rest = _unquote(value)

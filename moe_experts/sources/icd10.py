@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version
+from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version, sentence
 
 XML_NAME = "icd_10_v2019.xml"
 
@@ -28,10 +28,6 @@ def _field(item: ET.Element, tag: str) -> str:
     return " ".join((item.findtext(tag) or "").split()).replace(" :", ":")
 
 
-def _sentence(text: str) -> str:
-    return text if text.endswith((".", "!", "?")) else f"{text}."
-
-
 def _label(item: ET.Element) -> str:
     return f"{_field(item, 'name')}: {_field(item, 'description')}"
 
@@ -39,7 +35,7 @@ def _label(item: ET.Element) -> str:
 def _descendant_lines(item: ET.Element) -> Iterator[str]:
     """Yield ``{code} {description}.`` for every item below ``item``, depth first (subcategories nest)."""
     for child in item.findall("item"):
-        yield _sentence(f"{_field(child, 'name')} {_field(child, 'description')}")
+        yield sentence(f"{_field(child, 'name')} {_field(child, 'description')}")
         yield from _descendant_lines(child)
 
 
@@ -96,10 +92,10 @@ class ICD10Source(Source):
 
     @staticmethod
     def _category_text(item: ET.Element, chapter: ET.Element | None, blocks: tuple[ET.Element, ...]) -> str:
-        head = [_sentence(f"{_field(item, 'name')} {_field(item, 'description')}")]
+        head = [sentence(f"{_field(item, 'name')} {_field(item, 'description')}")]
         if chapter is not None:
-            head.append(_sentence(f"Chapter {_label(chapter)}"))
-        head.extend(_sentence(f"Block {_label(block)}") for block in blocks)
+            head.append(sentence(f"Chapter {_label(chapter)}"))
+        head.extend(sentence(f"Block {_label(block)}") for block in blocks)
         return "\n".join([" ".join(head), *_descendant_lines(item)])
 
     def fingerprint(self) -> dict[str, Any]:

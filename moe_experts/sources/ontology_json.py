@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version
+from moe_experts.sources.base import RawDocument, Source, SourceParams, package_version, sentence
 
 PACKAGE = "cellxgene_ontology_guide"
 DISTRIBUTION = "cellxgene-ontology-guide"
@@ -43,10 +43,6 @@ def shipped_files(ontology: str) -> list[Path]:
     found = [p for p in data.iterdir() if (m := _FILE.match(p.name)) and m["ontology"] == ontology]
     # releases are named v<date> or <major>.<minor>...: compare the digit groups as numbers
     return sorted(found, key=lambda p: [int(g) for g in re.findall(r"\d+", _FILE.match(p.name)["version"])])
-
-
-def _sentence(text: str) -> str:
-    return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 class OntologyJSONSource(Source):
@@ -79,17 +75,16 @@ class OntologyJSONSource(Source):
         return files[-1] if files else None
 
     def check(self) -> None:
-        if self.params.path is None:
-            if _data_dir() is None:
-                raise self.unavailable(f"package {DISTRIBUTION} is not installed, so there is no ontology file to read")
-            if self._path() is None:
-                raise self.unavailable(
-                    f"{DISTRIBUTION} {package_version(DISTRIBUTION)} ships no {self.params.ontology} file",
-                    hint=f"set 'ontology' to one it ships ({', '.join(self._shipped()) or 'none'}) "
-                    "or point 'path' at a file",
-                )
         path = self._path()
-        if path is None or not path.is_file():
+        if path is None and _data_dir() is None:
+            raise self.unavailable(f"package {DISTRIBUTION} is not installed, so there is no ontology file to read")
+        if path is None:
+            raise self.unavailable(
+                f"{DISTRIBUTION} {package_version(DISTRIBUTION)} ships no {self.params.ontology} file",
+                hint=f"set 'ontology' to one it ships ({', '.join(self._shipped()) or 'none'}) "
+                "or point 'path' at a file",
+            )
+        if not path.is_file():
             raise self.unavailable(f"no ontology file at {path}")
 
     @staticmethod
@@ -127,7 +122,7 @@ class OntologyJSONSource(Source):
         definition = " ".join(str(term.get("description") or "").split())
         if not label or (self.params.require_definition and not definition):
             return None
-        text = f"{label}: {_sentence(definition)}" if definition else _sentence(label)
+        text = f"{label}: {sentence(definition)}" if definition else sentence(label)
         synonyms: list[str] = []
         for value in term.get("synonyms") or []:
             synonym = " ".join(str(value).split())
