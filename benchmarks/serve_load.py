@@ -19,7 +19,7 @@ Targets (issue 15), on 2 CPU cores with the tiny experts:
 - routing at most 10% of the server-side latency at concurrency 1.
 
     python benchmarks/serve_load.py -w runs/tiny [--cards experts] [--levels 1 8 32] [--requests 96] [--soak 10000]
-        [--workers 1] [--no-baseline]
+        [--workers 1] [--no-baseline] [--no-stack-experts]
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1, help="the batched server's --workers")
     ap.add_argument("--no-baseline", action="store_true", help="skip the one-at-a-time server")
+    ap.add_argument("--no-stack-experts", action="store_true",
+                    help="the batched server batches each expert's requests apart (serve --no-stack-experts)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -74,9 +76,10 @@ def main() -> None:
         "benchmark": "serve_load", "date": dt.date.today().isoformat(), "cpu": cpu_model(),
         "cores": usable_cores(), "preset": preset, "experts": registry.names, "prompts": len(prompts),
         "max_tokens": args.max_tokens, "requests_per_level": args.requests,
-        "batched": {"max_batch_size": args.max_batch_size, "workers": args.workers},
+        "batched": {"max_batch_size": args.max_batch_size, "workers": args.workers,
+                    "stack_experts": not args.no_stack_experts},
     }
-    batched = Server(ws.root, args.cards, preset, args.max_batch_size, args.workers)
+    batched = Server(ws.root, args.cards, preset, args.max_batch_size, args.workers, stack=not args.no_stack_experts)
     try:
         result["batched"]["levels"] = [batched.level(c, args.requests, prompts, args.max_tokens) for c in args.levels]
         if args.soak:
@@ -91,18 +94,20 @@ def main() -> None:
         finally:
             single.stop()
     result["targets"] = targets(result)
-    stem = f"serve_load-{result['date']}-{preset}-workers{args.workers}"
+    stem = f"serve_load-{result['date']}-{preset}-workers{args.workers}{'-unstacked' if args.no_stack_experts else ''}"
     write_result(result, args.out, stem)
 
 
 class Server:
     """`moe-experts serve` in a subprocess; its URL, pid, /metrics and resident memory."""
 
-    def __init__(self, root: Path, cards: str, preset: str, max_batch_size: int, workers: int) -> None:
+    def __init__(self, root: Path, cards: str, preset: str, max_batch_size: int, workers: int, *,
+                 stack: bool = True) -> None:
         self.log = Path(f"/tmp/serve_load-{os.getpid()}-{max_batch_size}-{workers}.log")
         cmd = [sys.executable, "-m", "moe_experts", "--preset", preset, "--cards", cards, "-w", str(root), "serve",
                "--host", "127.0.0.1", "--port", "0", "--no-access-log", "--max-batch-size", str(max_batch_size),
-               "--max-queue", "4096", "--timeout", "600", "--workers", str(workers)]
+               "--max-queue", "4096", "--timeout", "600", "--workers", str(workers),
+               "--stack-experts" if stack else "--no-stack-experts"]
         env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
         with self.log.open("wb") as sink:
             self.proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -115,7 +120,8 @@ class Server:
                     self.url = line.split()[1].removesuffix("/v1")
             time.sleep(0.2)
         self.start_seconds = time.monotonic() - began
-        print(f"server (max batch {max_batch_size}, {workers} workers) ready at {self.url} in "
+        print(f"server (max batch {max_batch_size}, {workers} workers, {'stacked' if stack else 'lane per expert'}) "
+              f"ready at {self.url} in "
               f"{self.start_seconds:.1f} s", flush=True)
 
     def stop(self) -> None:

@@ -16,7 +16,7 @@ from moe_experts.cli.common import load_setup
 @click.option("--max-bytes", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Refuse request texts larger than this many bytes (413), as `ask` does.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Requests for the same expert decoded together (1: one at a time).")
+              help="Requests decoded together (1: one at a time).")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="How long an idle server waits for a batch to fill before it starts.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
@@ -26,10 +26,14 @@ from moe_experts.cli.common import load_setup
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batches decoded at the same time, each for a different expert; the CPU's threads are shared "
                    "among them.")
+@click.option("--stack-experts/--no-stack-experts", default=True, show_default=True,
+              help="Stack the experts' weights so that requests for different experts share a batch (each row "
+                   "computed with its own expert); needs same-shaped Llama experts, and holds their weights twice.")
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, max_batch_size: int,
-          max_wait_ms: float, max_queue: int, timeout: float, workers: int, no_access_log: bool) -> None:
+          max_wait_ms: float, max_queue: int, timeout: float, workers: int, stack_experts: bool,
+          no_access_log: bool) -> None:
     """Serve the experts over HTTP, OpenAI-compatible.
 
     \b
@@ -59,7 +63,7 @@ def serve(ctx: click.Context, host: str, port: int, top_k: int, max_bytes: int, 
     setup = load_setup(ctx, write=False)  # read-only: the server never writes to the workspace
     sock = bind(host, port)  # a busy port fails now, before models load
     batching = Batching(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=timeout,
-                        workers=workers)
+                        workers=workers, stack_experts=stack_experts)
     if workers > 1:  # each worker's operations get their share of the cores, not all of them each
         import torch
 

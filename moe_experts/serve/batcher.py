@@ -1,12 +1,16 @@
 """Dynamic batching: requests that arrive together are routed together and decoded together.
 
-A worker thread (``workers`` of them; each decodes a different lane) uses the models. Requests wait in a
-queue; when a worker is free it takes everything waiting, routes all of it in one call to the document
-router (``/v1/route`` texts too), and sorts the generation requests into lanes by who generates: one
-expert, one set of experts mixed (``auto-mix``; each request keeps its own weights), or the token-level MoE. It then decodes the lane whose first request is
-oldest, up to ``max_batch_size`` requests at once (``inference.batch``: each keeps its own settings and
-seed). When the worker was idle, it first waits up to ``max_wait_ms`` for more requests to join; under
-load the queue fills while a batch runs, so batches form without waiting.
+A worker thread (``workers`` of them; each decodes a different lane, or a stacked batch of its own) uses
+the models. Requests wait in a queue; when a worker is free it takes everything waiting, routes all of it
+in one call to the document router (``/v1/route`` texts too), and sorts the generation requests into lanes
+by who generates: one expert, one set of experts mixed (``auto-mix``; each request keeps its own weights),
+or the token-level MoE. It then decodes the lane whose first request is oldest, up to ``max_batch_size``
+requests at once (``inference.batch``: each keeps its own settings and
+seed). Where the experts' weights are stacked (``stack_experts``, ``inference.stacked``), the lanes of
+single experts are one lane: requests for different experts join one batch, oldest first, and one
+forward pass computes each row with its own expert. When the worker was idle, it first waits up to
+``max_wait_ms`` for more requests to join; under load the queue fills while a batch runs, so batches form
+without waiting.
 
 The queue holds at most ``max_queue`` requests: more are refused at once (``serve.errors.Overloaded``:
 503 with ``Retry-After``). A request that has not finished ``timeout`` seconds after it was queued ends
@@ -51,6 +55,10 @@ class Backend(Protocol):
 
     def decode(self, lane: tuple[str, ...], jobs: Sequence[Job]) -> list[Any]: ...
 
+    def stacks(self, lane: tuple[str, ...]) -> bool: ...
+
+    def decode_stacked(self, jobs: Sequence[Job]) -> list[Any]: ...
+
 
 @dataclass(frozen=True)
 class Batching:
@@ -59,6 +67,7 @@ class Batching:
     max_queue: int = 256  # requests waiting at most; more are refused (503 + Retry-After)
     timeout: float = 120.0  # seconds a request may take from queueing to its last token
     workers: int = 1  # batches decoded at the same time (each for a different lane)
+    stack_experts: bool = True  # requests for different experts in one batch, where their weights stack
 
     def __post_init__(self) -> None:
         for name, low in (("max_batch_size", 1), ("max_queue", 1), ("workers", 1)):
@@ -154,21 +163,21 @@ class Batcher:
                 self._wait_for_batch()
                 unrouted = list(self._unrouted)
                 self._unrouted.clear()
-            lane: tuple[str, ...] = ()
+            lanes: list[tuple[str, ...]] = []
             try:
                 if unrouted:
                     with self._route_lock:
                         self._route(unrouted)
-                lane, jobs = self._next_batch()
+                lanes, jobs = self._next_batch()
                 if jobs:
-                    self._decode(lane, jobs)
+                    self._decode(jobs)
             except Exception as exc:  # never let a worker die: fail what it held, keep serving
                 logger.exception("the batch worker failed")
                 for job in unrouted:
                     _fail(job, exc)
             finally:
                 with self._cv:
-                    self._busy.discard(lane)
+                    self._busy.difference_update(lanes)
                     self._cv.notify_all()
                 self._release_memory()
 
@@ -230,43 +239,55 @@ class Batcher:
             self.metrics.queue_depth.set(self._queued())
             self._cv.notify_all()  # other workers may take the lanes this filled
 
-    def _next_batch(self) -> tuple[tuple[str, ...], list[Job]]:
+    def _next_batch(self) -> tuple[list[tuple[str, ...]], list[Job]]:
         """The oldest waiting job's lane that no other worker is decoding, with up to ``max_batch_size`` of its
-        jobs (expired ones failed here); the lane is marked busy until this worker is done with it."""
+        jobs (expired ones failed here), and the lanes to mark busy until this worker is done with them. With
+        stacked experts, the other single-expert lanes' jobs join it, oldest first, and no lane is marked busy:
+        with several workers, each makes a stacked batch of what is waiting."""
         with self._cv:
             for lane, q in self._lanes.items():
                 while q and not _alive(q[0]):
                     q.popleft()
-            waiting = [(self._lanes[lane][0].arrived, lane) for lane in self._free()]
+            waiting = sorted((self._lanes[lane][0].arrived, lane) for lane in self._free())
             if not waiting:
-                return (), []
-            lane = min(waiting)[1]
-            self._busy.add(lane)
-            q = self._lanes[lane]
+                return [], []
+            lanes = [waiting[0][1]]
+            stacking = self.batching.stack_experts and self.engine.stacks(lanes[0])
+            if stacking:
+                lanes += [lane for _, lane in waiting[1:] if self.engine.stacks(lane)]
+            else:
+                self._busy.update(lanes)
+            queues = [self._lanes[lane] for lane in lanes]
             jobs: list[Job] = []
-            while q and len(jobs) < self.batching.max_batch_size:
-                job = q.popleft()
+            while len(jobs) < self.batching.max_batch_size:
+                ready = [q for q in queues if q]
+                if not ready:
+                    break
+                job = min(ready, key=lambda q: q[0].arrived).popleft()
                 if _alive(job):
                     jobs.append(job)
             self.metrics.queue_depth.set(self._queued())
-            return lane, jobs
+            return ([] if stacking else lanes), jobs
 
-    def _decode(self, lane: tuple[str, ...], jobs: list[Job]) -> None:
+    def _decode(self, jobs: list[Job]) -> None:
         began = time.monotonic()
         for j in jobs:
             j.started = began
             self.metrics.queue_wait.labels(_route_label(j.model, self.engine)).observe(began - j.arrived)
-        self.metrics.batch_size.labels("mixture" if len(lane) > 1 else "single").observe(len(jobs))
+        stacked = len({j.lane for j in jobs}) > 1
+        kind = "stacked" if stacked else "mixture" if len(jobs[0].lane) > 1 else "single"
+        self.metrics.batch_size.labels(kind).observe(len(jobs))
         try:
-            results = self.engine.decode(lane, jobs)
+            results = self.engine.decode_stacked(jobs) if stacked else self.engine.decode(jobs[0].lane, jobs)
         except Exception as exc:
             if not isinstance(exc, APIError):
-                logger.exception("decoding a batch of %d for %s failed", len(jobs), "+".join(lane))
+                logger.exception("decoding a batch of %d for %s failed", len(jobs),
+                                 ", ".join(sorted({"+".join(j.lane) for j in jobs})))
             results = [exc] * len(jobs)
         self._batch_seconds.append(time.monotonic() - began)
-        expert = "+".join(lane)
         for job, result in zip(jobs, results):
             route = _route_label(job.model, self.engine)
+            expert = "+".join(job.lane)
             if isinstance(result, BaseException):
                 outcome = "cancelled" if isinstance(result, Cancelled) else \
                     "timeout" if isinstance(result, TimedOut) else "error"

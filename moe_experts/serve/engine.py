@@ -7,6 +7,12 @@ routed in batches, then decoded in batches per lane (one expert, one mixture, or
 by ``inference.batch``, each request with its own settings. The experts are chosen as ``inference.ask``
 chooses them (``plan``). A streamed request passes ``on_text``: its text is handed on as tokens are
 generated (``serve.pieces``). ``reload_router`` swaps in a retrained router between batches.
+
+Where the experts share one Llama shape (the starter experts do: each is branched from the seed), their
+weights are stacked at start (``inference.stacked``), and one batch serves requests for different
+experts: each row is computed with its own expert, so eight concurrent requests spread over five experts
+make one batch of eight instead of five small ones. A batch of one expert still runs on that expert's
+own model.
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ class Engine:
         self._token = _load_token_moe(moe)
         if self._token is not None:
             self._limits[TOKEN_MOE] = _max_new_tokens([self._token.model])
+        self._stack_index: dict[str, int] = {}
+        self._stack = self._stack_experts() if self.batching.stack_experts else None
         self.load_seconds = time.perf_counter() - began
         self._batcher = Batcher(self, self.batching, self.metrics)
 
@@ -217,13 +225,32 @@ class Engine:
             return ((decision.expert, 1.0),)
         return tuple(decision.top_k(self.top_k))
 
+    def stacks(self, lane: tuple[str, ...]) -> bool:
+        """Whether the lane's jobs can share a batch with other experts' (its expert's weights are stacked)."""
+        return self._stack is not None and len(lane) == 1 and lane[0] in self._stack_index
+
+    def _stack_experts(self) -> Any:
+        """The experts' weights stacked for mixed batches, or None (and the log says why not)."""
+        from moe_experts.inference.stacked import StackedExperts, stack_problem
+        from moe_experts.modeling.checkpoints import check_shared_vocabulary
+
+        loaded = {n: self._pool.get(n) for n in self.experts}
+        problem = stack_problem([m.model for m in loaded.values()])
+        if problem is None:
+            try:
+                check_shared_vocabulary({n: m.tokenizer for n, m in loaded.items()})
+            except Exception as exc:  # a tokenizer of its own: that expert's requests cannot share rows
+                problem = f"the experts do not share one tokenizer ({exc})"
+        if problem is not None:
+            logger.info("requests for different experts are decoded in separate batches: %s", problem)
+            return None
+        self._stack_index = {n: i for i, n in enumerate(loaded)}
+        logger.info("experts stacked (%s): requests for different experts share batches", ", ".join(loaded))
+        return StackedExperts([m.model for m in loaded.values()])
+
     def decode(self, lane: tuple[str, ...], jobs: Sequence[Job]) -> list[Completion | BaseException]:
         """Generate every job of one lane together (``inference.batch``), each with its own settings."""
-        from moe_experts.inference.batch import Row, decode_batch
-        from moe_experts.inference.generate import GenerationSettings, encode_prompt, eos_ids_of, fit_context
         from moe_experts.modeling.checkpoints import check_shared_vocabulary
-        from moe_experts.serve.batcher import watch
-        from moe_experts.serve.pieces import PieceStreamer
 
         if lane == (TOKEN_MOE,):
             assert self._token is not None
@@ -235,20 +262,39 @@ class Engine:
                 check_shared_vocabulary({n: m.tokenizer for n, m in zip(lane, loaded)})
             models, tokenizer = [m.model for m in loaded], loaded[0].tokenizer
             defaults = self.moe.setup.registry.by_name(lane[0]).generation
+        return self._generate(models, tokenizer, jobs, [defaults] * len(jobs), mixture=len(lane) > 1)
+
+    def decode_stacked(self, jobs: Sequence[Job]) -> list[Completion | BaseException]:
+        """Generate jobs for different single experts in one batch, each row with its own expert's weights."""
+        assert self._stack is not None
+        model = self._stack.bind([self._stack_index[j.lane[0]] for j in jobs])
+        tokenizer = self._pool.get(jobs[0].lane[0]).tokenizer  # one vocabulary: checked when stacking
+        defaults = [self.moe.setup.registry.by_name(j.lane[0]).generation for j in jobs]
+        return self._generate([model], tokenizer, jobs, defaults, mixture=False,
+                              eos_models=[self._pool.get(n).model for n in sorted({j.lane[0] for j in jobs})])
+
+    def _generate(self, models: list[Any], tokenizer: Any, jobs: Sequence[Job], defaults: Sequence[Any], *,
+                  mixture: bool, eos_models: list[Any] | None = None) -> list[Completion | BaseException]:
+        from moe_experts.inference.batch import Row, decode_batch
+        from moe_experts.inference.generate import GenerationSettings, encode_prompt, eos_ids_of, fit_context
+        from moe_experts.serve.batcher import watch
+        from moe_experts.serve.pieces import PieceStreamer
+
         rows, prompts = [], []
-        for job in jobs:
+        for job, card in zip(jobs, defaults):
             s = job.settings
-            settings = GenerationSettings.from_card(defaults, max_new_tokens=s.max_tokens, temperature=s.temperature,
+            settings = GenerationSettings.from_card(card, max_new_tokens=s.max_tokens, temperature=s.temperature,
                                                     top_p=s.top_p, seed=s.seed)
             max_new, budget = fit_context(models, settings.max_new_tokens)
             ids, cut = encode_prompt(tokenizer, job.text, budget)
             streamer = PieceStreamer(tokenizer, s.stop, job.on_text, job.cancel) \
                 if job.on_text is not None or s.stop else None
-            weights = [w for _, w in job.plan] if len(lane) > 1 else ()
+            weights = [w for _, w in job.plan] if mixture else ()
             rows.append(Row(ids, replace(settings, max_new_tokens=max_new), weights, watch(job, streamer)))
             prompts.append((len(ids), cut))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        outs = decode_batch(models, tokenizer, rows, eos_ids=eos_ids_of(tokenizer, models), pad_id=pad)
+        eos = eos_ids_of(tokenizer, eos_models or models)
+        outs = decode_batch(models, tokenizer, rows, eos_ids=eos, pad_id=pad)
         results: list[Completion | BaseException] = []
         for job, out, (n_prompt, cut) in zip(jobs, outs, prompts):
             if isinstance(out, BaseException):

@@ -289,6 +289,27 @@ def test_concurrent_requests_are_each_answered_with_their_own_expert(client):
     assert [o.model_extra["moe_experts"]["expert"] for o in outs] == EXPERTS
 
 
+def test_requests_for_different_experts_share_a_stacked_batch_and_each_gets_its_own_experts_answer(client, server):
+    """The micro experts stack: eight concurrent requests forced to four experts are decoded in stacked
+    batches (the batch-size histogram's kind "stacked"), and each answer equals what its expert gives alone."""
+    def stacked() -> float:
+        text = httpx.get(server.removesuffix("/v1") + "/metrics", timeout=30).text
+        line = [x for x in text.splitlines() if x.startswith('moe_experts_batch_size_count{kind="stacked"}')]
+        return float(line[0].split()[1]) if line else 0.0
+
+    def answer(d: str, i: int = 0) -> str:
+        return chat(client, d, f"{PROMPTS[d]} {i}", max_tokens=8, temperature=0).choices[0].message.content
+
+    alone = {(d, i): answer(d, i) for d in EXPERTS for i in range(2)}  # one at a time: each expert's own model
+    before = stacked()
+    wanted = [(d, i) for i in range(2) for d in EXPERTS]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda w: answer(*w), wanted)) == [alone[w] for w in wanted]
+    assert stacked() > before
+    assert len(set(alone.values())) > 1  # the experts answer differently, so a row given the wrong one would show
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 
 

@@ -30,9 +30,9 @@ class Backend:
 
     models = ["auto", "law", "code", "token-moe"]
 
-    def __init__(self, gate: threading.Event | None = None, gated: set | None = None) -> None:
+    def __init__(self, gate: threading.Event | None = None, gated: set | None = None, stacked: set = frozenset()) -> None:
         self.router = Router()
-        self.gate, self.gated = gate, gated
+        self.gate, self.gated, self.stacked = gate, gated, stacked
         self.batches: list[tuple[tuple[str, ...], list[str]]] = []
         self.started = threading.Event()
 
@@ -43,6 +43,13 @@ class Backend:
         if model == "token-moe":
             return (("token-moe", 1.0),)
         return ((model if model != "auto" else decision.expert, 1.0),)
+
+    def stacks(self, lane):
+        return len(lane) == 1 and lane[0] in self.stacked
+
+    def decode_stacked(self, jobs):
+        assert all(self.stacks(j.lane) for j in jobs)
+        return self.decode("stacked", jobs)
 
     def decode(self, lane, jobs):
         self.batches.append((lane, [j.text for j in jobs]))
@@ -89,6 +96,30 @@ def test_requests_that_wait_together_are_routed_in_one_call_and_decoded_by_lane(
     assert backend.router.calls == [["law hold"], texts]  # routing is batched across requests
     # The oldest waiting request's lane goes first, up to max_batch_size requests of that lane at once.
     assert backend.batches[1:] == [(("law",), ["law a", "law c", "law d"]), (("code",), ["code b", "code e"])]
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_stacked_experts_share_a_batch_oldest_first_and_other_lanes_keep_their_own(stack):
+    """Where the backend stacks law and code, their requests join one batch in arrival order (up to the cap);
+    token-moe is never stacked; with stacking off, every lane decodes alone."""
+    gate = threading.Event()
+    backend = Backend(gate, stacked={"law", "code"})
+    batcher = Batcher(backend, Batching(max_batch_size=4, max_wait_ms=0, max_queue=10, timeout=30,
+                                        stack_experts=stack), Metrics())
+    first = batcher.submit(_job("law", "law hold"))
+    assert backend.started.wait(10)
+    texts = ["code a", "law b", "token c", "code d", "law e", "code f"]
+    futures = [batcher.submit(_job("token-moe" if t.startswith("token") else "auto", t)) for t in texts]
+    gate.set()
+    assert [f.result(10).text for f in futures] == [f"answer to {t}" for t in texts]
+    assert first.result(10).text == "answer to law hold"
+    batcher.stop()
+    if stack:
+        assert backend.batches[1:] == [("stacked", ["code a", "law b", "code d", "law e"]),
+                                       (("token-moe",), ["token c"]), (("code",), ["code f"])]
+    else:
+        assert backend.batches[1:] == [(("code",), ["code a", "code d", "code f"]), (("law",), ["law b", "law e"]),
+                                       (("token-moe",), ["token c"])]
 
 
 def test_the_batch_size_is_capped_and_one_at_a_time_is_possible():
