@@ -64,6 +64,21 @@ def stack_problem(models: Sequence[Any]) -> str | None:
     return None
 
 
+def stackable_groups(models: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The largest set of the named models that stack together (empty when no two do), and for each model left
+    out, why (what keeps it from stacking with that set)."""
+    names = list(models)
+    best: list[str] = []
+    for anchor in names:
+        group = [n for n in names if n == anchor or stack_problem([models[anchor], models[n]]) is None]
+        if len(group) > len(best) and (len(group) > 1 and stack_problem([models[n] for n in group]) is None):
+            best = group
+    if not best:
+        return [], {n: stack_problem(list(models.values())) or "fewer than two experts" for n in names}
+    anchor = models[best[0]]
+    return best, {n: stack_problem([anchor, models[n]]) or "" for n in names if n not in best}
+
+
 @dataclass
 class _Layer:
     ln1: torch.Tensor  # (E, H)

@@ -230,23 +230,26 @@ class Engine:
         return self._stack is not None and len(lane) == 1 and lane[0] in self._stack_index
 
     def _stack_experts(self) -> Any:
-        """The experts' weights stacked for mixed batches, or None (and the log says why not)."""
-        from moe_experts.inference.stacked import StackedExperts, stack_problem
+        """The weights of the largest set of experts that stack, for mixed batches, or None; the log says which
+        experts are stacked and why any others are not."""
+        from moe_experts.inference.stacked import StackedExperts, stackable_groups
         from moe_experts.modeling.checkpoints import check_shared_vocabulary
 
         loaded = {n: self._pool.get(n) for n in self.experts}
-        problem = stack_problem([m.model for m in loaded.values()])
-        if problem is None:
+        names, apart = stackable_groups({n: m.model for n, m in loaded.items()})
+        if names:
             try:
-                check_shared_vocabulary({n: m.tokenizer for n, m in loaded.items()})
-            except Exception as exc:  # a tokenizer of its own: that expert's requests cannot share rows
-                problem = f"the experts do not share one tokenizer ({exc})"
-        if problem is not None:
-            logger.info("requests for different experts are decoded in separate batches: %s", problem)
+                check_shared_vocabulary({n: loaded[n].tokenizer for n in names})
+            except Exception as exc:  # tokenizers of their own: their requests cannot share rows
+                names, apart = [], {n: f"the experts do not share one tokenizer ({exc})" for n in loaded}
+        if not names:
+            reasons = sorted(set(apart.values()))
+            logger.info("requests for different experts are decoded in separate batches: %s", "; ".join(reasons))
             return None
-        self._stack_index = {n: i for i, n in enumerate(loaded)}
-        logger.info("experts stacked (%s): requests for different experts share batches", ", ".join(loaded))
-        return StackedExperts([m.model for m in loaded.values()])
+        self._stack_index = {n: i for i, n in enumerate(names)}
+        logger.info("experts stacked (%s): requests for different experts share batches%s", ", ".join(names),
+                    "".join(f"; {n} is decoded apart ({why})" for n, why in apart.items()))
+        return StackedExperts([loaded[n].model for n in names])
 
     def decode(self, lane: tuple[str, ...], jobs: Sequence[Job]) -> list[Completion | BaseException]:
         """Generate every job of one lane together (``inference.batch``), each with its own settings."""

@@ -7,7 +7,7 @@ import torch
 
 from moe_experts.inference.batch import Row, decode_batch
 from moe_experts.inference.generate import GenerationSettings, encode_prompt, eos_ids_of
-from moe_experts.inference.stacked import StackedExperts, stack_problem
+from moe_experts.inference.stacked import StackedExperts, stack_problem, stackable_groups
 from tests.unit.test_generate import PROMPTS, _model, tokenizer  # noqa: F401 (fixture)
 
 GREEDY = GenerationSettings(max_new_tokens=10, temperature=0.0)
@@ -83,3 +83,17 @@ def test_what_cannot_be_stacked_says_why(experts, tokenizer):  # noqa: F811
         StackedExperts([experts[0], wider])
     with pytest.raises(ValueError, match="expert index 3 is out of range"):
         StackedExperts(experts).bind([0, 3])
+
+
+def test_the_largest_set_that_stacks_is_found_and_the_rest_named_with_the_reason(experts, tokenizer):  # noqa: F811
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def wider() -> LlamaForCausalLM:
+        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                            max_position_embeddings=experts[0].config.max_position_embeddings))
+
+    names, apart = stackable_groups({"odd": wider(), "a": experts[0], "b": experts[1], "c": experts[2]})
+    assert names == ["a", "b", "c"] and apart == {"odd": "the experts differ in hidden_size"}
+    names, apart = stackable_groups({"odd": wider(), "a": experts[0]})
+    assert names == [] and apart == {"odd": "the experts differ in hidden_size", "a": "the experts differ in hidden_size"}
