@@ -127,7 +127,6 @@ class StackedExperts:
         self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, _head_dim(c)
         self.eps = float(c.rms_norm_eps)
         self.rotary = first.model.rotary_emb
-        self.eos_token_ids = [getattr(getattr(m, "generation_config", None), "eos_token_id", None) for m in models]
 
         def stack(get: Any) -> torch.Tensor:
             return torch.stack([get(m).detach() for m in models]).contiguous()

@@ -232,6 +232,7 @@ class Engine:
     def _stack_experts(self) -> Any:
         """The weights of the largest set of experts that stack, for mixed batches, or None; the log says which
         experts are stacked and why any others are not."""
+        from moe_experts.errors import ConfigError
         from moe_experts.inference.stacked import StackedExperts, stackable_groups
         from moe_experts.modeling.checkpoints import check_shared_vocabulary
 
@@ -240,8 +241,8 @@ class Engine:
         if names:
             try:
                 check_shared_vocabulary({n: loaded[n].tokenizer for n in names})
-            except Exception as exc:  # tokenizers of their own: their requests cannot share rows
-                names, apart = [], {n: f"the experts do not share one tokenizer ({exc})" for n in loaded}
+            except ConfigError as exc:  # tokenizers of their own: their requests cannot share rows
+                names, apart = [], {n: f"the experts do not share one tokenizer ({exc.message})" for n in loaded}
         if not names:
             reasons = sorted(set(apart.values()))
             logger.info("requests for different experts are decoded in separate batches: %s", "; ".join(reasons))
