@@ -22,7 +22,7 @@ biases, the same rotary embedding. The stacked weights are a copy: the experts' 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -106,8 +106,7 @@ class _Weights:
             return t.index_select(0, experts)
 
         return _Weights(pick(self.embed), pick(self.head), pick(self.norm),
-                        [_Layer(*(pick(getattr(layer, f)) for f in ("ln1", "qkv", "o", "ln2", "gate_up", "down")))
-                         for layer in self.layers])
+                        [_Layer(**{f.name: pick(getattr(layer, f.name)) for f in fields(_Layer)}) for layer in self.layers])
 
 
 class StackedExperts:
@@ -123,7 +122,6 @@ class StackedExperts:
         c = first.config
         self.config, self.generation_config = c, getattr(first, "generation_config", None)
         self.device = first.device
-        self.experts = len(models)
         self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, _head_dim(c)
         self.eps = float(c.rms_norm_eps)
         self.rotary = first.model.rotary_emb
@@ -150,6 +148,11 @@ class StackedExperts:
                                     head=stack(lambda m: m.lm_head.weight.T),  # (E, H, V)
                                     norm=stack(lambda m: m.model.norm.weight),  # (E, H)
                                     layers=layers)
+
+    @property
+    def experts(self) -> int:
+        """How many experts are stacked."""
+        return self.weights.experts
 
     def bind(self, experts: Sequence[int]) -> BoundStack:
         """A model-like object whose batch rows use these experts (indices into the stacked models), row by row.
