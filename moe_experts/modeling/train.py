@@ -156,8 +156,17 @@ def device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _resumable(trainer_class: Any) -> Any:
-    """The Trainer, with checkpoints that a resume restores whole.
+def _resumable(trainer_class: Any, autocast: str | None = None) -> Any:
+    """The Trainer, with checkpoints that a resume restores whole, and without two per-step costs.
+
+    ``autocast``: the device type to run forward passes under bf16 autocast on,
+    or None for fp32. The Trainer's own ``bf16=True`` does it through accelerate,
+    which also casts every output of the forward pass back to fp32: the whole
+    ``(batch, seq, vocab)`` logits tensor, a copy and its backward each step that
+    a causal LM with labels never reads (the loss is computed inside the model,
+    in fp32). Here the autocast is the Trainer's own hook, and outputs stay as
+    the model returns them. ``floating_point_ops`` (which walks every module to
+    count parameters on every micro-batch) is computed from a parameter count taken once.
 
     transformers#48805 (open in 5.23): the Trainer writes checkpoints through
     ``save_pretrained``, which converts an MoE's fused experts to the Hub's
@@ -172,6 +181,25 @@ def _resumable(trainer_class: Any) -> Any:
     import inspect
 
     class ResumableTrainer(trainer_class):  # type: ignore[misc,valid-type]
+        _counted: int | None = None  # parameters outside the embeddings, counted once
+
+        def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> Any:
+            import contextlib
+
+            import torch
+
+            if autocast is None:
+                return contextlib.nullcontext()
+            return torch.autocast(autocast, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
+        def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+            ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
+            if ids is None or not hasattr(self.model, "num_parameters"):
+                return 0
+            if self._counted is None:
+                self._counted = self.model.num_parameters(exclude_embeddings=True)
+            return 6 * ids.numel() * self._counted
+
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
             if "save_original_format" not in inspect.signature(type(model).save_pretrained).parameters:
@@ -257,7 +285,7 @@ def train_causal_lm(
             logging_nan_inf_filter=False,  # its isnan() check reads the loss back every step
             seed=seed,
             data_seed=seed,
-            bf16=run_speed.precision == "bf16",
+            bf16=False,  # autocast through _resumable's hook instead (no fp32 copy of the logits)
             torch_compile=compiled,
             torch_compile_backend=speed_mod.COMPILE_BACKEND if compiled else None,
             use_cpu=device == "cpu",
@@ -298,7 +326,7 @@ def train_causal_lm(
     try:
         while True:
             stepped = _Stepped()
-            trainer = _resumable(Trainer)(model=model, args=arguments(compiled), train_dataset=dataset,
+            trainer = _resumable(Trainer, device if run_speed.precision == "bf16" else None)(model=model, args=arguments(compiled), train_dataset=dataset,
                                           callbacks=[_LogLines(), stepped, *callbacks])
             trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; _LogLines says the same on stderr
             try:
