@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moe_experts.config import PhaseConfig, Preset, StrictModel, _Schedule, load_yaml_model
+from moe_experts.config import PhaseConfig, Preset, StrictModel, _Schedule, hash_json, load_yaml_model
 
 RECIPES_DIR = Path("router_training")  # the repository's recipes, relative to where the CLI runs
 
@@ -145,6 +145,10 @@ class TokenTraining(_Schedule):
         return PhaseConfig(**{**self.model_dump(), "learning_rate": self.learning_rate or preset.branch_phase.learning_rate})
 
 
+# fields added to the token recipe after routers were built, at the values that train as before (see fingerprint)
+_TRAINS_AS_BEFORE = {"router_z_loss_coef": 0.0, "gate_learning_rate_scale": 1.0}
+
+
 class TokenRouterRecipe(StrictModel):
     """How ``moe-experts train-router --kind token`` merges the experts into a sparse MoE and trains its gates."""
 
@@ -159,11 +163,30 @@ class TokenRouterRecipe(StrictModel):
         default="all", description="all: every weight (BTX); gates: the gates only, everything else frozen.")
     top_k: int = Field(default=2, ge=1, description="Experts per token.")
     router_aux_loss_coef: float = Field(default=0.01, ge=0.0, description="Weight of the load-balancing loss.")
+    router_z_loss_coef: float = Field(
+        default=0.0, ge=0.0, description="Weight of the router z-loss (ST-MoE): the mean squared log-sum-exp of the "
+        "gates' logits, averaged over layers; it keeps the logits small. 0: off.")
+    gate_learning_rate_scale: float = Field(
+        default=1.0, gt=0.0, le=1000.0, description="The gates' learning rate as a multiple of the training one "
+        "(same schedule); with train: all, the experts and the rest keep the training rate.")
     training: TokenTraining = TokenTraining()
     health_blocks_per_domain: int = Field(default=16, ge=1, description="Validation blocks per domain for the health check.")
     dead_expert_share: float = Field(
         default=0.05, ge=0.0, lt=1.0, description="An expert under this share of a layer's tokens is dead.")
     seed: int = 0
+
+    def recorded(self, exclude: frozenset[str] = frozenset()) -> dict:
+        """The fields as JSON, less those added after routers were built while they hold the values that train as
+        before they existed: upgrading neither makes a token router stale nor blocks the resume of a run."""
+        data = self.model_dump(mode="json", exclude=set(exclude))
+        for name, value in _TRAINS_AS_BEFORE.items():
+            if data.get(name) == value:
+                del data[name]
+        return data
+
+    def fingerprint(self) -> str:
+        """As for any config, over ``recorded()``."""
+        return hash_json(self.recorded())
 
 
 def load_token_recipe(path: Path | None) -> TokenRouterRecipe:

@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,8 +156,16 @@ def device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _resumable(trainer_class: Any, autocast: str | None = None) -> Any:
+def _resumable(trainer_class: Any, autocast: str | None = None, lr_scales: Mapping[str, float] | None = None,
+               extra_loss: Callable[[Any], Any] | None = None) -> Any:
     """The Trainer, with checkpoints that a resume restores whole, and without two per-step costs.
+
+    ``lr_scales``: parameter-name suffix -> multiplier of the learning rate for
+    the parameters whose names end with it (their own optimiser groups; the
+    schedule scales every group alike). ``extra_loss``: a term computed from each
+    micro-batch's model outputs (a mean over that micro-batch) and added to its
+    loss, divided by the micro-batches a step accumulates as the Trainer does
+    for a per-batch mean.
 
     ``autocast``: the device type to run forward passes under bf16 autocast on,
     or None for fp32. The Trainer's own ``bf16=True`` does it through accelerate,
@@ -191,6 +199,29 @@ def _resumable(trainer_class: Any, autocast: str | None = None) -> Any:
             if autocast is None:
                 return contextlib.nullcontext()
             return torch.autocast(autocast, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            optimizer = super().create_optimizer(model)
+            if not lr_scales:
+                return optimizer
+            names = {id(p): n for n, p in (self.model if model is None else model).named_parameters()}
+            groups, optimizer.param_groups = optimizer.param_groups, []  # regrouped before the schedule reads them
+            for group in groups:
+                by_scale: dict[float, list[Any]] = {}
+                for param in group["params"]:
+                    name = names[id(param)]
+                    by_scale.setdefault(next((v for k, v in lr_scales.items() if name.endswith(k)), 1.0), []).append(param)
+                for scale, params in by_scale.items():
+                    optimizer.add_param_group({**group, "params": params, "lr": group["lr"] * scale})
+            return optimizer
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if extra_loss is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            loss = loss + extra_loss(outputs) / self.current_gradient_accumulation_steps
+            return (loss, outputs) if return_outputs else loss
 
         def floating_point_ops(self, inputs: dict[str, Any]) -> int:
             ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
@@ -248,11 +279,15 @@ def train_causal_lm(
     what: str,
     callbacks: Sequence[Any] = (),
     speed: speed_mod.Speed | None = None,
+    lr_scales: Mapping[str, float] | None = None,
+    extra_loss: Callable[[Any], Any] | None = None,
 ) -> tuple[TrainResult, Any]:
     """Train ``model`` for ``phase.steps`` optimiser steps; returns the result and the Trainer.
 
     ``speed``: the resolved settings (default: the preset's, for this device). When torch.compile
     fails before the first optimiser step, the run warns once and goes on eager from the same weights.
+    ``lr_scales`` (parameter-name suffix -> learning-rate multiplier) and ``extra_loss`` (a term
+    from the model outputs, added to each micro-batch's loss): see ``_resumable``.
     """
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -326,8 +361,9 @@ def train_causal_lm(
     try:
         while True:
             stepped = _Stepped()
-            trainer = _resumable(Trainer, device if run_speed.precision == "bf16" else None)(model=model, args=arguments(compiled), train_dataset=dataset,
-                                          callbacks=[_LogLines(), stepped, *callbacks])
+            trainer_class = _resumable(Trainer, device if run_speed.precision == "bf16" else None, lr_scales, extra_loss)
+            trainer = trainer_class(model=model, args=arguments(compiled), train_dataset=dataset,
+                                    callbacks=[_LogLines(), stepped, *callbacks])
             trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; _LogLines says the same on stderr
             try:
                 trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

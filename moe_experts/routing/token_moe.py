@@ -172,6 +172,20 @@ def merge_experts(experts: Sequence[Any], rest: Sequence[Any], spec: MergeSpec) 
     return moe
 
 
+GATE_SUFFIX = "mlp.gate.weight"  # a Mixtral layer's router (not the experts' gate_up_proj)
+
+
+def router_z_loss(outputs: Any) -> Any:
+    """ST-MoE's router z-loss of one forward pass: per layer, the mean over tokens of logsumexp(gate logits)^2;
+    averaged over layers. Needs the model run with ``output_router_logits``."""
+    import torch
+
+    logits = getattr(outputs, "router_logits", None)
+    if not logits:
+        raise ValueError("the model returned no router logits: run it with config.output_router_logits = True")
+    return torch.stack([torch.logsumexp(layer.float(), dim=-1).square().mean() for layer in logits]).mean()
+
+
 def moe_input_hidden_states(model: Any, input_ids: Any) -> list[Any]:
     """Per layer, the FFN's input (post-attention RMSNorm output) of a Llama model: [(B, T, d)] * L."""
     import torch

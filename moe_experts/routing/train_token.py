@@ -28,7 +28,15 @@ from moe_experts.errors import TrainingError
 from moe_experts.modeling.stages import SEED, Setup, TrainOptions, data_inputs, expert_weights_id, load_expert
 from moe_experts.modeling.train import BlockDataset, device_kind, prepare_checkpoint_dir, train_causal_lm
 from moe_experts.routing.token_artifact import publish_token_router, token_manifest, token_router_dir
-from moe_experts.routing.token_moe import MergeSpec, check_memory, check_mergeable, init_gates, merge_experts
+from moe_experts.routing.token_moe import (
+    GATE_SUFFIX,
+    MergeSpec,
+    check_memory,
+    check_mergeable,
+    init_gates,
+    merge_experts,
+    router_z_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +74,8 @@ def expert_set_change(setup: Setup, manifest: dict[str, Any] | None = None) -> s
 def _run_inputs(inputs: dict[str, Any], recipe: TokenRouterRecipe) -> dict[str, Any]:
     """What an interrupted training run must share with its resume: the router's inputs, with the recipe
     field by field (bar the health check's, which runs after training)."""
-    health = {"health_blocks_per_domain", "dead_expert_share"}
-    return {**inputs, "recipe": recipe.model_dump(mode="json", exclude=health)}
+    health = frozenset({"health_blocks_per_domain", "dead_expert_share"})
+    return {**inputs, "recipe": recipe.recorded(exclude=health)}
 
 
 def token_router_status(setup: Setup, recipe: TokenRouterRecipe) -> tuple[str, list[str]]:
@@ -200,7 +208,7 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
     del loaded, rest
     moe.config.output_router_logits = True  # the load-balancing loss enters the training loss
     for name, param in moe.named_parameters():
-        param.requires_grad = recipe.train == "all" or name.endswith("mlp.gate.weight")
+        param.requires_grad = recipe.train == "all" or name.endswith(GATE_SUFFIX)
     trainable = sum(p.numel() for p in moe.parameters() if p.requires_grad)
     moe.train()
 
@@ -210,12 +218,17 @@ def train_token_router(setup: Setup, recipe: TokenRouterRecipe, opts: TrainOptio
     phase = recipe.training.phase(preset)
     length = phase.steps * preset.batch_size * preset.gradient_accumulation_steps
     dataset = BlockDataset(list(train.values()), preset.seq_len, length, seed=recipe.seed)
-    logger.info("token router: training %s of %s parameters (%s) for %d steps at peak lr %g, top-%d of %d experts, "
-                "aux coef %g", f"{trainable:,}", f"{sum(p.numel() for p in moe.parameters()):,}", recipe.train,
-                phase.steps, phase.learning_rate, recipe.top_k, len(expert_names), recipe.router_aux_loss_coef)
+    logger.info("token router: training %s of %s parameters (%s) for %d steps at peak lr %g (gates x%g), top-%d of %d "
+                "experts, aux coef %g, z-loss coef %g", f"{trainable:,}", f"{sum(p.numel() for p in moe.parameters()):,}",
+                recipe.train, phase.steps, phase.learning_rate, recipe.gate_learning_rate_scale, recipe.top_k,
+                len(expert_names), recipe.router_aux_loss_coef, recipe.router_z_loss_coef)
+    coef = recipe.router_z_loss_coef
     result, _ = train_causal_lm(moe, dataset, phase=phase, preset=preset, ckpt_dir=ckpt_dir,
-                                      resume_from=resume_from, seed=recipe.seed, what="token router",
-                                      callbacks=opts.callbacks)
+                                resume_from=resume_from, seed=recipe.seed, what="token router",
+                                callbacks=opts.callbacks,
+                                lr_scales={GATE_SUFFIX: recipe.gate_learning_rate_scale}
+                                if recipe.gate_learning_rate_scale != 1.0 else None,
+                                extra_loss=(lambda outputs: coef * router_z_loss(outputs)) if coef > 0 else None)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # training finished: nothing left to resume
     moe.eval()
     moe.config.output_router_logits = False  # inference and saved default: no aux term

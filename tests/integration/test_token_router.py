@@ -179,7 +179,11 @@ def _copy_setup(setup, root):
 
 
 def test_interrupted_training_resumes_to_the_same_router(trained_setup, tmp_path):
-    """Kill the run right after its first checkpoint; --resume ends where an uninterrupted run ends."""
+    """Kill the run right after its first checkpoint; --resume ends where an uninterrupted run ends.
+
+    The recipe also gives the gates their own learning rate (their own optimiser groups, restored on resume)
+    and adds the router z-loss.
+    """
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
@@ -188,6 +192,7 @@ def test_interrupted_training_resumes_to_the_same_router(trained_setup, tmp_path
 
     save_steps = trained_setup.preset.save_steps
     recipe = TokenRouterRecipe.model_validate({**FAST, "dead_expert_share": 0.0, "train": "all",
+                                               "gate_learning_rate_scale": 3.0, "router_z_loss_coef": 1e-3,
                                                "training": {**FAST["training"], "steps": 2 * save_steps}})
 
     class StopAt(TrainerCallback):

@@ -176,3 +176,41 @@ def test_bf16_trains_under_autocast_without_an_fp32_copy_of_the_logits(tmp_path,
     assert result.speed["precision"] == precision
     assert seen == {"linear": {dtype}, "logits": {dtype}}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def _train_with(tmp_path, name: str, **kwargs):
+    preset = load_preset("micro")
+    preset = preset.model_copy(update={"speed": kwargs.pop("speed", SpeedConfig(compile="off", precision="fp32")),
+                                       "batch_size": 4, "save_steps": 100})
+    model = new_model(preset, _Vocabulary(), seed=0)
+    rng = np.random.default_rng(0)
+    streams = [rng.integers(3, 320, 4000).astype(np.uint16) for _ in range(2)]
+    data = BlockDataset(streams, preset.seq_len, STEPS * preset.tokens_per_step // preset.seq_len, seed=0)
+    phase = PhaseConfig(steps=STEPS, learning_rate=1e-2, warmup_steps=1, schedule="constant")
+    before = _weights(model)
+    result, trainer = train_causal_lm(model, data, phase=phase, preset=preset, ckpt_dir=tmp_path / name,
+                                      resume_from=None, seed=0, what=name, **kwargs)
+    return before, model, result, trainer
+
+
+def test_learning_rate_scales_apply_to_the_named_parameters_only(tmp_path):
+    """A parameter-name suffix scales those parameters' learning rate (0 here: they stay put); the rest train."""
+    before, model, _, trainer = _train_with(tmp_path, "scaled", lr_scales={"self_attn.q_proj.weight": 0.0})
+    after = _weights(model)
+    frozen = [k for k in after if k.endswith("self_attn.q_proj.weight")]
+    assert frozen
+    for key in after:
+        moved = not torch.equal(after[key], before[key])
+        assert moved is (key not in frozen), key
+    rates = sorted({group["lr"] for group in trainer.optimizer.param_groups})
+    assert rates == [0.0, 1e-2]
+
+
+@pytest.mark.parametrize("micro_batch_size", [4, 2])
+def test_an_extra_loss_term_is_added_once_per_step(tmp_path, micro_batch_size):
+    """The term (a per-micro-batch mean) enters each step's loss once, however many micro-batches make the step."""
+    speed = SpeedConfig(compile="off", precision="fp32", micro_batch_size=micro_batch_size)
+    _, _, plain, _ = _train_with(tmp_path, "plain", speed=speed)
+    _, _, extra, _ = _train_with(tmp_path, "extra", speed=speed, extra_loss=lambda outputs: torch.tensor(5.0))
+    assert extra.first_loss == pytest.approx(plain.first_loss + 5.0, abs=1e-4)
+    assert extra.last_loss == pytest.approx(plain.last_loss + 5.0, abs=1e-4)  # a constant moves no weight

@@ -219,3 +219,41 @@ def test_full_branches_merge_is_not_any_expert():
     _force_gate(moe, 0)
     with torch.no_grad():
         assert not torch.allclose(moe(input_ids=ids).logits, experts[0](input_ids=ids).logits, atol=1e-3)
+
+
+def test_router_z_loss_is_the_mean_squared_logsumexp_over_layers(experts):
+    """ST-MoE's z-loss, from the router logits the merged model returns; refused without them."""
+    from types import SimpleNamespace
+
+    from moe_experts.routing.token_moe import router_z_loss
+
+    moe = merge_experts(experts, experts, MergeSpec(experts=tuple("abcd")))
+    init_gates(moe, [], mode="random", seed=0)
+    moe.config.output_router_logits = True
+    ids = torch.randint(3, 97, (2, 8))
+    out = moe(input_ids=ids)
+    expected = sum(torch.logsumexp(layer, -1).pow(2).mean() for layer in out.router_logits) / len(out.router_logits)
+    torch.testing.assert_close(router_z_loss(out), expected)
+    scaled = SimpleNamespace(router_logits=tuple(3 * layer for layer in out.router_logits))
+    assert router_z_loss(scaled) > router_z_loss(out)  # larger logits cost more
+    with pytest.raises(ValueError, match="output_router_logits"):
+        router_z_loss(SimpleNamespace(router_logits=None))
+
+
+def test_new_recipe_fields_at_their_defaults_keep_the_fingerprint(tmp_path):
+    """A router built before the z-loss and the gate learning rate existed is not stale; changing either is."""
+    from moe_experts.recipes import TokenRouterRecipe, load_token_recipe
+
+    default = TokenRouterRecipe()
+    assert default.fingerprint() == "acf78d3d9f9d6a84"  # what every router built before these fields recorded
+    assert TokenRouterRecipe(router_z_loss_coef=1e-3).fingerprint() != default.fingerprint()
+    assert TokenRouterRecipe(gate_learning_rate_scale=10).fingerprint() != default.fingerprint()
+    # an interrupted run's record (compared field by field on resume) leaves them out the same way
+    assert not {"router_z_loss_coef", "gate_learning_rate_scale"} & set(default.recorded())
+    assert TokenRouterRecipe(router_z_loss_coef=1e-3).recorded()["router_z_loss_coef"] == 1e-3
+    for text, field in (("router_z_loss_coef: -1\n", "router_z_loss_coef"),
+                        ("gate_learning_rate_scale: 0\n", "gate_learning_rate_scale")):
+        bad = tmp_path / "token.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=field):
+            load_token_recipe(bad)
