@@ -71,8 +71,8 @@ def main() -> None:
     v32, ms32 = timed_embed(fp32, texts)
     v8, ms8 = timed_embed(int8, texts)
     cos = (v32 * v8).sum(axis=1)
-    p32, _, _ = router.posteriors(v32)
-    p8, _, _ = router.posteriors(v8)
+    p32, _, _ = router.posteriors(v32, texts)
+    p8, _, _ = router.posteriors(v8, texts)
     changed = int((p32.argmax(1) != p8.argmax(1)).sum())
 
     def pct(a: np.ndarray) -> dict[str, float]:

@@ -261,7 +261,7 @@ def macro(correct: list[np.ndarray]) -> dict[str, Any]:
 def test_split_accuracy(bench: Bench, ours: Any, tuned: Any, defaults: Any, store: VectorCache) -> dict[str, Any]:
     docs, y = bench.test_docs, bench.test_y
     texts = [d.text for d in docs]
-    top1, routed = route(ours, bench.cache.routed_as(docs, ours.max_windows))
+    top1, routed = route(ours, bench.cache.routed_as(docs, ours.max_windows), docs)
     tuned_y, tuned_none = sr_route(tuned, texts, bench.experts, bench.fallback)
     defaults_y, defaults_none = sr_route(defaults, texts, bench.experts, bench.fallback)
     reference = sr_reference(tuned, by_text(store, texts), bench.experts)
@@ -289,7 +289,7 @@ def source_held_out_accuracy(bench: Bench, fit_ours: Callable[[Fold], Any],
         docs, fold, label = bench.held[source], bench.folds[source], bench.experts.index(domain)
         logger.info("fitting without %s/%s (%d train documents); scoring %d", domain, source, len(fold.train), len(docs))
         r = fit_ours(fold)
-        top1, routed = route(r, bench.cache.routed_as(docs, r.max_windows))
+        top1, routed = route(r, bench.cache.routed_as(docs, r.max_windows), docs)
         peer, peer_none = sr_route(fit_sr(fold), [x.text for x in docs], bench.experts, bench.fallback)
         ours_correct.append(routed == label)
         tuned_correct.append(peer == label)
@@ -359,7 +359,7 @@ def speed(bench: Bench, ours: Any, timed: Any, memoised: Any, *, batch_documents
             latency[kind][name] = {**latency_summary(seconds), "accuracy": score(np.asarray(routed) == y)}
         latency[kind]["ours_minus_tuned"] = paired_difference(timed_requests["ours"][0],
                                                               timed_requests["semantic_router_tuned"][0])
-    _, cached = route(ours, bench.cache.routed_as([d for _, d in batch], ours.max_windows))
+    _, cached = route(ours, bench.cache.routed_as([d for _, d in batch], ours.max_windows), [d for _, d in batch])
     memo_y, _ = sr_route(memoised, batch_texts, experts, fallback)
     checks = {
         "ours_live_equals_cached": f"{int((decided['ours'] == cached).sum())}/{len(batch)}",

@@ -72,7 +72,7 @@ def main() -> None:
     t0 = time.monotonic()
     x_test = embed_cached(setup, router.embedder, test_ids, test_texts, max_windows=router.max_windows)  # (N, D)
     embed_s = time.monotonic() - t0
-    decisions = router.decisions(x_test)  # what `route` gives live, the "no domain" gate included
+    decisions = router.decisions(x_test, test_texts)  # what `route` gives live, the "no domain" gate included
     pred = np.asarray([experts.index(d.predicted) for d in decisions])
     routed = np.asarray([experts.index(d.expert) for d in decisions])
 

@@ -209,11 +209,12 @@ def fit_fold(fold: Fold, cache: VectorCache, *, experts: list[str], fallback: st
     return DocRouter.from_fit(fitted, embedder)
 
 
-def route(router: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(top-1 expert index (N,), routed expert index with abstention (N,)) for embedded documents (N, D).
+def route(router: Any, x: np.ndarray, docs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 expert index (N,), routed expert index with abstention (N,)) for documents ``docs`` embedded as (N, D).
 
-    The routed decision is ``DocRouter.decisions``: what ``route`` returns live, the "no domain" gate included."""
-    decisions = router.decisions(x)
+    The routed decision is ``DocRouter.decisions``: what ``route`` returns live, the "no domain" gate included
+    (a hybrid router's lexical scorer reads the documents' texts)."""
+    decisions = router.decisions(x, [d.text for d in docs])
     top1 = np.asarray([router.experts.index(d.predicted) for d in decisions])
     routed = np.asarray([router.experts.index(d.expert) for d in decisions])
     return top1, routed
@@ -354,7 +355,7 @@ def main() -> None:
     logger.info("fitting the router on every source")
     full = folds[None]
     router = fit(full)
-    top1, routed = route(router, cache.routed_as(test_docs, router.max_windows))
+    top1, routed = route(router, cache.routed_as(test_docs, router.max_windows), test_docs)
     (base,) = tfidf_predict(full.train, full.train_y, [test_docs])
     in_distribution = {
         "train_documents": len(full.train), "val_documents": len(full.val), "test_documents": len(test_docs),
@@ -372,10 +373,11 @@ def main() -> None:
         logger.info("fitting without %s/%s (%d train, %d val documents); scoring %d", domain, source,
                     len(fold.train), len(fold.val), len(docs))
         r = fit(fold)
-        top1, routed = route(r, cache.routed_as(docs, r.max_windows))
+        top1, routed = route(r, cache.routed_as(docs, r.max_windows), docs)
         # the same router on the in-distribution test sample, less S's documents
         keep = np.asarray([x.source != source for x in test_docs])
-        id_top1, id_routed = route(r, cache.routed_as([x for x, k in zip(test_docs, keep) if k], r.max_windows))
+        kept = [x for x, k in zip(test_docs, keep) if k]
+        id_top1, id_routed = route(r, cache.routed_as(kept, r.max_windows), kept)
         base, base_id = tfidf_predict(fold.train, fold.train_y, [docs, [x for x, k in zip(test_docs, keep) if k]])
         router_correct.append(routed == label)
         router_top1_correct.append(top1 == label)

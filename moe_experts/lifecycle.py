@@ -293,7 +293,7 @@ def router_posterior(setup: Setup, domain: str, limit: int | None, expert: str |
             hint="refit it first (`moe-experts train-router`), or use `init` seed")
     ids, texts = domain_sample(setup, domain, "train", limit)
     vectors = embed_cached(setup, router.embedder, ids, texts, max_windows=router.max_windows)  # (N, D)
-    probs, _, _ = router.posteriors(vectors)  # (N, C)
+    probs, _, _ = router.posteriors(vectors, texts)  # (N, C)
     return {name: float(p) for name, p in zip(router.experts, probs.mean(axis=0))}
 
 

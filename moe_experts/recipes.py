@@ -31,14 +31,26 @@ class IndexRecipe(StrictModel):
     min_recall: float = Field(default=0.95, gt=0.0, le=1.0, description="Refuse an approximate index below this recall.")
 
 
-class ClassifierRecipe(StrictModel):
-    """Logistic regression on the embeddings and a kNN vote over FAISS neighbours; the better on validation is kept."""
+class LexicalRecipe(StrictModel):
+    """The lexical scorer of the ``hybrid`` method: tf-idf of word n-grams and a logistic regression on them."""
 
-    method: Literal["auto", "logreg", "knn", "combined"] = Field(
-        default="auto", description="auto: whichever of logreg, knn and their average has the lowest validation log loss."
+    ngram_max: int = Field(default=2, ge=1, le=3, description="Word n-grams of 1 up to this many words.")
+    min_df: int = Field(default=2, ge=1, description="Keep n-grams seen in at least this many training documents.")
+    max_features: int = Field(default=200_000, ge=100, description="Keep at most this many n-grams, the most frequent.")
+    c: float = Field(default=10.0, gt=0.0, description="Inverse L2 strength of its logistic regression.")
+
+
+class ClassifierRecipe(StrictModel):
+    """Scorers over the embeddings (logistic regression, a kNN vote over FAISS neighbours) and, for ``hybrid``,
+    over the words; the one with the lowest validation log loss is kept."""
+
+    method: Literal["auto", "logreg", "knn", "combined", "hybrid"] = Field(
+        default="auto", description="auto: whichever of logreg, knn, their average (combined) and the average of "
+        "those two with the lexical scorer (hybrid) has the lowest validation log loss.",
     )
     logreg_c: float = Field(default=10.0, gt=0.0, description="Inverse L2 strength of the logistic regression.")
     knn_k: int = Field(default=10, ge=1)
+    lexical: LexicalRecipe = LexicalRecipe()
     calibration: Literal["temperature", "isotonic"] = "temperature"
 
 

@@ -271,7 +271,7 @@ class EvalContext:
             ids = [i for docs in self.docs.values() for i in docs.ids]
             texts = [t for docs in self.docs.values() for t in docs.texts]
             vectors = embed_cached(self.setup, router.embedder, ids, texts, max_windows=router.max_windows)
-            decisions = router.decisions(vectors)
+            decisions = router.decisions(vectors, texts)
             self._decisions, start = {}, 0
             for d, docs in self.docs.items():
                 self._decisions[d] = decisions[start : start + len(docs.ids)]

@@ -6,6 +6,8 @@ Every scorer maps embeddings to raw log-probabilities over experts (N, C):
   fits it; the weights are kept as plain arrays, so no pickle is ever written);
 - ``knn``: a similarity-weighted vote of the k nearest training documents;
 - ``combined``: the average of the two distributions;
+- ``hybrid``: the average of those two and a lexical scorer (``LexicalModel``: tf-idf of word
+  n-grams, logistic regression on them), which reads the request's words, not its embedding;
 - ``clusters``: (unsupervised, c-BTM) a softmax over cosine similarity to k-means
   centroids, each cluster's mass given to the expert it maps to.
 
@@ -19,8 +21,9 @@ against hand-computed values in the tests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,8 +75,75 @@ def knn_log_probs(sims: np.ndarray, neighbour_labels: np.ndarray, n_classes: int
     return np.log(votes / votes.sum(axis=1, keepdims=True))
 
 
-def combined_log_probs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.log((np.exp(a) + np.exp(b)) / 2.0)
+def combined_log_probs(*log_probs: np.ndarray) -> np.ndarray:
+    """The log of the mean of the distributions (each (N, C))."""
+    return np.log(np.mean([np.exp(lp) for lp in log_probs], axis=0))
+
+
+class LexicalModel:
+    """tf-idf of word n-grams (1 to ``ngram_max`` words, sublinear term frequency, l2-normalised) and a
+    multinomial logistic regression on them.
+
+    It is kept as plain data, so no pickle is ever written: the n-gram list (column order), their idf
+    (V,), and the regression's weights (C, V) and intercepts (C,). ``features`` computes exactly what
+    scikit-learn's ``TfidfVectorizer`` fitted on the training texts computes (a test checks it).
+    """
+
+    def __init__(self, terms: Sequence[str], idf: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
+                 ngram_max: int) -> None:
+        self.terms = list(terms)
+        self.idf = np.asarray(idf, dtype=np.float32)  # (V,)
+        self.coef = np.asarray(coef, dtype=np.float32)  # (C, V)
+        self.intercept = np.asarray(intercept, dtype=np.float32)  # (C,)
+        self.ngram_max = int(ngram_max)
+        if not (len(self.terms) == len(self.idf) == self.coef.shape[1]) or len(self.intercept) != len(self.coef):
+            raise ValueError(f"lexical model: {len(self.terms)} terms, {len(self.idf)} idf values, weights "
+                             f"{self.coef.shape} and {len(self.intercept)} intercepts do not fit together")
+        self._counter: Any = None
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], y: np.ndarray, n_classes: int, *, ngram_max: int, min_df: int,
+            max_features: int, c: float, seed: int) -> LexicalModel:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        vec = TfidfVectorizer(ngram_range=(1, ngram_max), sublinear_tf=True, min_df=min(min_df, len(texts)),
+                              max_features=max_features, dtype=np.float32)
+        x = vec.fit_transform(texts)  # (N, V) sparse
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, y)
+        coef = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+        intercept = np.zeros(n_classes, dtype=np.float32)
+        coef[clf.classes_] = clf.coef_
+        intercept[clf.classes_] = clf.intercept_
+        return cls(vec.get_feature_names_out().tolist(), vec.idf_, coef, intercept, ngram_max)
+
+    def features(self, texts: Sequence[str]) -> Any:
+        """The l2-normalised tf-idf rows (N, V), a scipy sparse matrix."""
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.preprocessing import normalize
+
+        if self._counter is None:
+            self._counter = CountVectorizer(vocabulary={t: i for i, t in enumerate(self.terms)},
+                                            ngram_range=(1, self.ngram_max), dtype=np.float32)
+        x = self._counter.transform(texts).tocsr()  # (N, V) counts
+        x.data = 1.0 + np.log(x.data)  # sublinear term frequency
+        x = x.multiply(self.idf[None, :]).tocsr()
+        return normalize(x, norm="l2", copy=False)
+
+    def log_probs(self, texts: Sequence[str]) -> np.ndarray:
+        """Log-probabilities (N, C) of texts."""
+        if not len(texts):
+            return np.zeros((0, len(self.intercept)))
+        z = np.asarray(self.features(texts) @ self.coef.T, dtype=np.float64) + self.intercept  # (N, C)
+        return log_softmax(z)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Its arrays, for the router's safetensors file (the terms go to a JSON file beside it)."""
+        return {"lexical_idf": self.idf, "lexical_coef": self.coef, "lexical_intercept": self.intercept}
+
+    @classmethod
+    def from_tensors(cls, terms: Sequence[str], tensors: dict[str, np.ndarray], ngram_max: int) -> LexicalModel:
+        return cls(terms, tensors["lexical_idf"], tensors["lexical_coef"], tensors["lexical_intercept"], ngram_max)
 
 
 def cluster_log_probs(x: np.ndarray, centroids: np.ndarray, cluster_expert: np.ndarray, n_classes: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Fitting the document router in memory, from labelled texts: no workspace, no files.
 
 Embed train and validation texts; index the training vectors in FAISS; fit a
-logistic regression and a kNN vote (or, unsupervised, k-means clusters); keep the
-scorer with the lowest calibrated validation log loss; tune the abstain
+logistic regression, a kNN vote and a lexical (tf-idf) scorer (or, unsupervised,
+k-means clusters); keep the scorer with the lowest calibrated validation log loss; tune the abstain
 thresholds on validation. ``DocRouter.fit`` and ``train_doc_router`` (the
 workspace's router) are both thin wrappers over ``fit_router``.
 """
@@ -24,6 +24,7 @@ from moe_experts.recipes import DocRouterRecipe
 from moe_experts.data.split import unit_hash
 from moe_experts.routing.classifier import (
     Calibrator,
+    LexicalModel,
     LogisticModel,
     NoDomainGate,
     accuracy,
@@ -64,6 +65,7 @@ class FittedRouter:
     calibrator: Calibrator
     documents: list[dict[str, str]]  # id, domain, snippet of every indexed document
     example_vectors: np.ndarray  # (E, D) the examples' embeddings, for checking where they route
+    lexical: LexicalModel | None = None  # the ``hybrid`` method's word scorer
 
 
 def _metrics(probs: np.ndarray, y: np.ndarray, n: int) -> dict[str, Any]:
@@ -92,6 +94,7 @@ def fit_router(
     """
     started = time.monotonic()
     n = len(experts)
+    lexical: LexicalModel | None = None
     fallback_index = experts.index(fallback)
     embed = embed or (lambda split: embedder.embed(split.texts))
     t0 = time.monotonic()
@@ -126,6 +129,14 @@ def fit_router(
         knn = knn_log_probs(sims, labels, n)
         lr = logreg.log_probs(x_val)
         candidates = {"logreg": lr, "knn": knn, "combined": combined_log_probs(lr, knn)}
+        if cr.method in ("auto", "hybrid"):
+            t0 = time.monotonic()
+            lx = cr.lexical
+            lexical = LexicalModel.fit(train.texts, train.labels, n, ngram_max=lx.ngram_max, min_df=lx.min_df,
+                                       max_features=lx.max_features, c=lx.c, seed=recipe.seed)
+            candidates["hybrid"] = combined_log_probs(lr, knn, lexical.log_probs(val.texts))
+            logger.info("router: lexical scorer over %d n-grams fitted in %.1f s", len(lexical.terms),
+                        time.monotonic() - t0)
         if cr.method != "auto":
             candidates = {cr.method: candidates[cr.method]}
 
@@ -133,6 +144,10 @@ def fit_router(
     fitted = {m: Calibrator.fit(cr.calibration, raw[half_a], val.labels[half_a]) for m, raw in candidates.items()}
     scores = {m: log_loss(fitted[m](raw[half_a]), val.labels[half_a]) for m, raw in candidates.items()}
     method = min(scores, key=scores.__getitem__)
+    if method != "hybrid":
+        lexical = None
+    elif lexical is not None:
+        tensors |= lexical.tensors()
     calibrator, raw = fitted[method], candidates[method]
     probs = calibrator(raw)  # (V, C)
     uncalibrated = np.exp(raw)
@@ -159,10 +174,11 @@ def fit_router(
     abstain = abstain_mask(probs, nearest, None if gate is None else gate.scores(x_val), min_conf, min_sim, max_none)
     routed = np.where(abstain, fallback_index, pred)
 
-    def route_vectors(x: np.ndarray) -> np.ndarray:
-        """Routed expert index (N,) of unit vectors (N, D): the fitted router's whole decision, vectorised."""
+    def route_vectors(x: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """Routed expert index (N,) of unit vectors (N, D) and the texts they embed (what the lexical scorer
+        reads): the fitted router's whole decision, vectorised."""
         s, i = index.search(x, cr.knn_k)  # (N, k)
-        p = calibrator(raw_log_probs(method, tensors, x, s, i, n))
+        p = calibrator(raw_log_probs(method, tensors, x, s, i, n, lexical=lexical, texts=texts))
         none = None if gate is None else gate.scores(x)
         return np.where(abstain_mask(p, np.where(i[:, 0] >= 0, s[:, 0], -1.0), none, min_conf, min_sim, max_none),
                         fallback_index, p.argmax(axis=1))
@@ -206,6 +222,7 @@ def fit_router(
         "classifier": {
             "method": method,
             "knn_k": cr.knn_k,
+            **({"lexical": {"ngram_max": lexical.ngram_max, "terms": len(lexical.terms)}} if lexical else {}),
             "calibration": {"kind": calibrator.kind, "temperature": calibrator.temperature},
             "validation_log_loss_by_method": {m: round(s, 5) for m, s in scores.items()},
         },
@@ -218,7 +235,7 @@ def fit_router(
     }
     documents = [{"id": doc_id, "domain": domains[label], "snippet": " ".join(text.split())[:SNIPPET_CHARS]}
                  for doc_id, text, label in zip(train.ids, train.texts, train.labels)]
-    return FittedRouter(manifest, index, tensors, calibrator, documents, x_examples)
+    return FittedRouter(manifest, index, tensors, calibrator, documents, x_examples, lexical)
 
 
 def abstain_mask(
@@ -235,8 +252,10 @@ def abstain_mask(
 
 def raw_log_probs(
     method: str, tensors: dict[str, np.ndarray], vectors: np.ndarray, sims: np.ndarray, ids: np.ndarray, n_classes: int,
+    *, lexical: LexicalModel | None = None, texts: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """The ``method`` scorer's uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k)."""
+    """The ``method`` scorer's uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k);
+    ``hybrid`` also reads the ``texts`` (N) the vectors embed, with its ``lexical`` model."""
     if method == "clusters":
         return cluster_log_probs(vectors, tensors["centroids"], tensors["cluster_expert"], n_classes)
     labels = np.where(ids >= 0, tensors["doc_labels"][np.clip(ids, 0, None)], -1)  # (N, k)
@@ -244,12 +263,17 @@ def raw_log_probs(
     if method == "knn":
         return knn
     logreg = LogisticModel(tensors["coef"], tensors["intercept"]).log_probs(vectors)
+    if method == "hybrid":
+        if lexical is None or texts is None or len(texts) != len(vectors):
+            raise ValueError("the hybrid scorer reads the requests' texts as well as their vectors: give its lexical "
+                             "model and one text per vector")
+        return combined_log_probs(logreg, knn, lexical.log_probs(texts))
     return logreg if method == "logreg" else combined_log_probs(logreg, knn)
 
 
 def choose_windows(
     val: Split, routed: np.ndarray, embed: Callable[[Split], np.ndarray], embedder: Embedder,
-    recipe: DocRouterRecipe, route_vectors: Callable[[np.ndarray], np.ndarray], x_val: np.ndarray,
+    recipe: DocRouterRecipe, route_vectors: Callable[[np.ndarray, Sequence[str]], np.ndarray], x_val: np.ndarray,
 ) -> dict[str, Any]:
     """How many windows of a request the router embeds (``windows.max`` of the recipe, or chosen on validation).
 
@@ -282,11 +306,14 @@ def choose_windows(
     for k in candidates:
         x = x_val.copy()
         longer_than_k = np.asarray([i for i in long_docs if len(chunks[i]) > k], dtype=np.int64)
+        texts = list(val.texts)  # what the lexical scorer reads: the text of the windows embedded
+        for i in longer_than_k:
+            texts[i] = "".join(chunk for chunk, _ in chunks[i][:k])
         keep = (position_a < k) & np.isin(owner_a, longer_than_k)
         if len(longer_than_k):
             pooled = pool_windows(vecs[keep], owner_a[keep], weight_a[keep], len(val.texts))  # (V, D)
             x[longer_than_k] = pooled[longer_than_k]
-        acc = accuracy(val.labels, route_vectors(x))
+        acc = accuracy(val.labels, route_vectors(x, texts))
         by_k[str(k)], longer[str(k)] = round(acc, 5), len(longer_than_k)
         if chosen is None and acc >= full - wr.tolerance:
             chosen = k

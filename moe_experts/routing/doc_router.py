@@ -9,7 +9,8 @@ Artifact ``routers/doc/`` (written by ``routing.train_doc``), published as one u
                               SHA-256 and size
       index.faiss             the embedded training documents
       classifier.safetensors  logistic-regression weights, document labels, centroids,
-                              isotonic maps (plain arrays; no pickle)
+                              isotonic maps, the lexical scorer's idf and weights (plain arrays; no pickle)
+      lexicon.json            the lexical scorer's word n-grams, in column order (``hybrid`` routers only)
       documents.jsonl         id, domain and opening of every indexed document (for --explain)
 
 A save writes a new version folder, then points CURRENT at it; the previous version stays for readers
@@ -38,7 +39,7 @@ from moe_experts.config import ExpertRegistry
 from moe_experts.recipes import DocRouterRecipe
 from moe_experts.data.split import unit_hash
 from moe_experts.errors import CheckpointError, ConfigError, MissingArtifactError, StaleArtifactError
-from moe_experts.routing.classifier import Calibrator, NoDomainGate
+from moe_experts.routing.classifier import Calibrator, LexicalModel, NoDomainGate
 from moe_experts.routing.doc_fit import FORMAT_VERSION, FittedRouter, Split, fit_router, raw_log_probs
 from moe_experts.routing.embedder import Embedder, resolve_embedder, weights_hash
 from moe_experts.routing.index import INDEX_FILE, IndexInfo, VectorIndex
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 ROUTER_JSON = "router.json"
 TENSORS = "classifier.safetensors"
 DOCUMENTS = "documents.jsonl"
+LEXICON = "lexicon.json"
 EXPLAIN_NEIGHBOURS = 5
 RETRAIN = "retrain it: `moe-experts train-router --force`"
 
@@ -137,6 +139,7 @@ class DocRouter:
         folder: Path | None,
         embedder: Embedder | None = None,
         documents: list[dict[str, str]] | None = None,
+        lexical: LexicalModel | None = None,
     ) -> None:
         self.manifest = manifest
         self.experts: list[str] = list(manifest["experts"])
@@ -159,6 +162,9 @@ class DocRouter:
         self.folder = folder
         self._embedder = embedder
         self._documents = documents  # id, domain, snippet of every indexed document; read from folder on demand
+        self.lexical = lexical  # the hybrid method's word scorer
+        if self.method == "hybrid" and lexical is None:
+            raise ValueError("a hybrid router needs its lexical model")
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -171,14 +177,34 @@ class DocRouter:
         """Load the embedder and run it once, so the first request pays no one-off start-up cost."""
         self.embedder.embed(["warm-up"])
 
-    def raw_log_probs(self, vectors: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k)."""
-        return raw_log_probs(self.method, self.tensors, vectors, sims, ids, len(self.experts))
+    @property
+    def reads_text(self) -> bool:
+        """Whether scoring needs the requests' texts as well as their vectors (the hybrid method)."""
+        return self.lexical is not None
 
-    def posteriors(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(calibrated posterior (N, C), neighbour similarities (N, k), neighbour ids (N, k))."""
+    def read_texts(self, texts: Sequence[str] | None) -> list[str] | None:
+        """What the lexical scorer reads of each request: the text of the windows the embedder reads."""
+        if not self.reads_text:
+            return None
+        if texts is None:
+            raise ValueError(f"this router's '{self.method}' scorer reads the requests' texts as well as their "
+                             "vectors: pass texts=")
+        return [self.embedder.read_text(t, self.max_windows) for t in texts]
+
+    def raw_log_probs(self, vectors: np.ndarray, sims: np.ndarray, ids: np.ndarray,
+                      read: Sequence[str] | None = None) -> np.ndarray:
+        """Uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k) and, for the
+        lexical scorer, what it reads of each request (``read_texts``)."""
+        return raw_log_probs(self.method, self.tensors, vectors, sims, ids, len(self.experts), lexical=self.lexical,
+                             texts=read)
+
+    def posteriors(self, vectors: np.ndarray, texts: Sequence[str] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(calibrated posterior (N, C), neighbour similarities (N, k), neighbour ids (N, k)) of requests
+        embedded as ``vectors`` (N, D); ``texts`` (the requests) are needed when ``reads_text``."""
+        read = self.read_texts(texts)
         sims, ids = self.index.search(vectors, max(self.knn_k, EXPLAIN_NEIGHBOURS))
-        raw = self.raw_log_probs(vectors, sims[:, : self.knn_k], ids[:, : self.knn_k])
+        raw = self.raw_log_probs(vectors, sims[:, : self.knn_k], ids[:, : self.knn_k], read)
         return self.calibrator(raw), sims, ids
 
     def no_domain_scores(self, vectors: np.ndarray) -> np.ndarray | None:
@@ -220,12 +246,14 @@ class DocRouter:
         embedder = self.embedder  # loading the model is not part of routing latency
         started = time.perf_counter()
         vectors = embedder.embed(texts, max_windows=self.max_windows)  # (N, D)
-        decisions = self.decisions(vectors, explain=explain)
+        decisions = self.decisions(vectors, texts, explain=explain)
         return decisions, time.perf_counter() - started
 
-    def decisions(self, vectors: np.ndarray, *, explain: bool = False) -> list[RoutingDecision]:
-        """Decisions for already embedded requests (N, D): the evaluator reuses cached embeddings."""
-        probs, sims, ids = self.posteriors(vectors)
+    def decisions(self, vectors: np.ndarray, texts: Sequence[str] | None = None, *,
+                  explain: bool = False) -> list[RoutingDecision]:
+        """Decisions for already embedded requests (N, D): the evaluator reuses cached embeddings.
+        ``texts`` are the requests themselves, needed when the router ``reads_text``."""
+        probs, sims, ids = self.posteriors(vectors, texts)
         none = self.no_domain_scores(vectors)  # (N,) or None
         decisions = []
         for i in range(len(vectors)):
@@ -311,13 +339,14 @@ class DocRouter:
         if embedder is not None:
             embedder.precision = "fp32"  # the fit may have embedded its documents in bf16
         return cls(fitted.manifest, fitted.index, fitted.tensors, fitted.calibrator, None, embedder=embedder,
-                   documents=fitted.documents)
+                   documents=fitted.documents, lexical=fitted.lexical)
 
     def check_examples(self, examples: list[tuple[str, str, bool]], vectors: np.ndarray) -> dict[str, Any]:
         """Route the cards' example prompts: positives must reach their expert, negatives must not."""
         wrong = []
         n_pos = n_pos_ok = n_neg = n_neg_ok = 0
-        for (name, text, positive), decision in zip(examples, self.decisions(vectors)):  # the gate included
+        decisions = self.decisions(vectors, [text for _, text, _ in examples])  # the gate included
+        for (name, text, positive), decision in zip(examples, decisions):
             expert, reason = decision.expert, decision.reason
             ok = (expert == name) if positive else (expert != name)
             n_pos, n_neg = n_pos + positive, n_neg + (not positive)
@@ -337,14 +366,19 @@ class DocRouter:
             with (self.folder / DOCUMENTS).open(encoding="utf-8") as f:
                 self._documents = [json.loads(line) for line in f]
         # a router saved before versions had these files in ``folder``: the save removes them
-        with publish_version(folder, unversioned=(ROUTER_JSON, TENSORS, DOCUMENTS, INDEX_FILE)) as new:
+        with publish_version(folder, unversioned=(ROUTER_JSON, TENSORS, DOCUMENTS, INDEX_FILE, LEXICON)) as new:
             tmp = new.tmp
             self.index.save(tmp)
             save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp / TENSORS))
             with (tmp / DOCUMENTS).open("w", encoding="utf-8") as f:
                 for doc in self._documents:
                     f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-            self.manifest["files"] = file_records(tmp, [INDEX_FILE, TENSORS, DOCUMENTS])
+            files = [INDEX_FILE, TENSORS, DOCUMENTS]
+            if self.lexical is not None:
+                (tmp / LEXICON).write_text(json.dumps({"ngram_max": self.lexical.ngram_max, "terms": self.lexical.terms},
+                                                      ensure_ascii=False) + "\n", encoding="utf-8")
+                files.append(LEXICON)
+            self.manifest["files"] = file_records(tmp, files)
             write_json_atomic(tmp / ROUTER_JSON, self.manifest)
         self.folder = new.path
 
@@ -401,7 +435,15 @@ class DocRouter:
             iso_x=tuple(tensors[f"iso_x_{c}"] for c in range(n)) if cal["kind"] == "isotonic" else (),
             iso_y=tuple(tensors[f"iso_y_{c}"] for c in range(n)) if cal["kind"] == "isotonic" else (),
         )
-        return cls(manifest, index, tensors, calibrator, folder)
+        lexical = None
+        if manifest["classifier"]["method"] == "hybrid":
+            try:
+                lexicon = json.loads((folder / LEXICON).read_text(encoding="utf-8"))
+                lexical = LexicalModel.from_tensors(lexicon["terms"], tensors, lexicon["ngram_max"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"the lexical scorer of the router in {folder} ({LEXICON} and its weights) is "
+                                      f"missing or corrupted: {exc}", hint=RETRAIN) from exc
+        return cls(manifest, index, tensors, calibrator, folder, lexical=lexical)
 
 
 def check_compatible(

@@ -190,6 +190,13 @@ class Embedder:
             out.append((text[piece[0][0] : end], len(piece)))
         return out
 
+    def read_text(self, text: str, max_windows: int | None = None) -> str:
+        """The part of ``text`` a router reading its first ``max_windows`` windows sees (all of it for None):
+        from the first token to the end of the last window read. The lexical scorer reads this."""
+        if max_windows is None:
+            return text
+        return "".join(chunk for chunk, _ in self.chunks(text, max_windows))
+
     def _offsets(self, text: str, limit: int | None) -> tuple[list[tuple[int, int]], bool]:
         """Token character offsets of ``text``, or of a prefix holding more than ``limit`` tokens; (offsets, whole?).
 

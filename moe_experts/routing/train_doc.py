@@ -5,8 +5,10 @@
 2. index the training vectors in FAISS (exact, or HNSW / IVF above a size,
    with recall against exact search measured and recorded);
 3. supervised: fit a logistic regression and score a kNN vote over the FAISS
-   neighbours; keep whichever of logreg, knn and their average has the lowest
-   validation log loss after calibration (or the recipe's choice);
+   neighbours, and a lexical scorer (tf-idf of word n-grams, logistic
+   regression); keep whichever of logreg, knn, their average (combined) and
+   the average of all three (hybrid) has the lowest validation log loss after
+   calibration (or the recipe's choice);
    unsupervised (c-BTM): FAISS k-means on the training vectors, clusters mapped
    to experts by the validation majority;
 4. calibrate (temperature or isotonic) on one half of validation, report

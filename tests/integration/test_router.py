@@ -49,12 +49,14 @@ def test_artifact_and_manifest(routed):
     folder = router_dir(setup.workspace.root)
     live = live_dir(folder)  # published as one version folder named by CURRENT
     assert {p.name for p in folder.iterdir()} == {"CURRENT", live.name}
-    assert {p.name for p in live.iterdir()} == {"router.json", "index.faiss", "classifier.safetensors", "documents.jsonl"}
-    assert set(manifest["files"]) == {"index.faiss", "classifier.safetensors", "documents.jsonl"}
+    lexicon = {"lexicon.json"} if manifest["classifier"]["method"] == "hybrid" else set()  # the lexical scorer's
+    assert {p.name for p in live.iterdir()} == {"router.json", "index.faiss", "classifier.safetensors",
+                                                "documents.jsonl"} | lexicon
+    assert set(manifest["files"]) == {"index.faiss", "classifier.safetensors", "documents.jsonl"} | lexicon
     assert manifest["experts"] == setup.registry.names and manifest["fallback"] == "general"
     assert manifest["embedder"]["sha256"] and manifest["embedder"]["dim"] == 384
     assert manifest["index"]["kind"] == "flat" and manifest["index"]["size"] == manifest["documents"]["train"]
-    assert manifest["classifier"]["method"] in {"logreg", "knn", "combined"}
+    assert manifest["classifier"]["method"] in {"logreg", "knn", "combined", "hybrid"}
     assert set(manifest["corpus_hashes"]) == set(setup.registry.domains)
     held = manifest["metrics"]["held_out_half"]
     assert held["accuracy"] >= 0.9  # four very different domains

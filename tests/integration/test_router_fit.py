@@ -87,3 +87,48 @@ def test_the_recipe_can_fix_the_windows():
     assert router.max_windows is None and router.manifest["windows"] == {"max": None, "chosen_by": "recipe"}
     with pytest.raises(ValueError, match="windows.max must be at least 1"):
         DocRouterRecipe(windows={"max": 0})
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    texts = CODE + LAW + MEDICINE
+    labels = ["code"] * len(CODE) + ["law"] * len(LAW) + ["medicine"] * len(MEDICINE)
+    recipe = DocRouterRecipe(abstain={"far_quantile": 0.0}, classifier={"method": "hybrid", "lexical": {"min_df": 1}})
+    return DocRouter.fit(texts, labels, fallback="law", recipe=recipe, val_fraction=0.3)
+
+
+def test_a_hybrid_router_reads_words_too_and_saves_them_verified(hybrid, tmp_path):
+    from moe_experts.errors import CheckpointError
+    from moe_experts.routing.doc_router import LEXICON, live_dir
+
+    assert hybrid.method == "hybrid" and hybrid.reads_text
+    assert hybrid.manifest["classifier"]["lexical"]["terms"] == len(hybrid.lexical.terms) > 100
+    probe = ["def area(r):\n    return 3.14 * r * r", "The licensee shall not sublicense the rights.",
+             "The patient has a persistent cough and a high fever."]
+    decisions, _ = hybrid.route(probe)
+    assert [d.expert for d in decisions] == ["code", "law", "medicine"]
+    vectors = hybrid.embedder.embed(probe, max_windows=hybrid.max_windows)
+    with pytest.raises(ValueError, match="reads the requests' texts"):
+        hybrid.decisions(vectors)
+    hybrid.save(tmp_path / "router")
+    version = live_dir(tmp_path / "router")
+    assert LEXICON in hybrid.manifest["files"] and (version / LEXICON).exists()
+    again = DocRouter.load(tmp_path / "router")
+    for x, y in zip(decisions, again.route(probe)[0]):
+        np.testing.assert_allclose(list(x.posterior.values()), list(y.posterior.values()), rtol=1e-5, atol=1e-6)
+    data = bytearray((version / LEXICON).read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit: valid size, wrong hash
+    (version / LEXICON).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{LEXICON} does not match the SHA-256"):
+        DocRouter.load(tmp_path / "router")
+
+
+def test_the_lexical_scorer_reads_only_the_windows_the_embedder_reads(hybrid):
+    clinical = " ".join(MEDICINE[i % len(MEDICINE)] for i in range(12))
+    request = clinical + "\n" + "\n".join(CODE[i % len(CODE)] for i in range(120))
+    read = hybrid.embedder.read_text(request, 1)
+    assert request.startswith(read) and read == hybrid.embedder.chunks(request, 1)[0][0] and len(read) < len(request) / 4
+    assert hybrid.embedder.read_text(request, None) == request
+    assert hybrid.embedder.read_text("short text", 1) == "short text"
+    if hybrid.max_windows is not None:
+        assert hybrid.route([request])[0][0].expert == "medicine"

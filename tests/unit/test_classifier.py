@@ -7,6 +7,7 @@ import pytest
 
 from moe_experts.routing.classifier import (
     Calibrator,
+    LexicalModel,
     LogisticModel,
     cluster_log_probs,
     combined_log_probs,
@@ -82,3 +83,56 @@ def test_threshold_abstains_only_when_the_fallback_is_more_often_right():
     assert tune_confidence_threshold(probs, y, fallback=0, max_abstain_rate=0.0) == 0.0
     # when the unsure ones are right, abstaining would hurt -> threshold 0
     assert tune_confidence_threshold(probs, np.array([1] * 8), fallback=0, max_abstain_rate=0.5) == 0.0
+
+
+_LEXICAL_TRAIN = [
+    ("The licensee shall indemnify the licensor against any claim arising under this agreement.", 0),
+    ("This licence grants permission to copy, modify and distribute the software, provided the notice is kept.", 0),
+    ("Warranty disclaimer: the work is provided as is, without warranty of any kind, express or implied.", 0),
+    ("The patient presented with acute asthma and was treated with inhaled corticosteroids.", 1),
+    ("ICD-10 code J45 covers asthma; J45.9 is asthma, unspecified, in adult patients.", 1),
+    ("Hypertension is a chronic elevation of blood pressure treated with diuretics or beta blockers.", 1),
+    ("def read_lines(path):\n    with open(path) as f:\n        return f.read().splitlines()", 2),
+    ("import numpy as np\nx = np.zeros((3, 3))\nprint(x.sum(axis=1))", 2),
+    ("class Stack:\n    def push(self, item):\n        self.items.append(item)", 2),
+]
+
+
+def _lexical() -> LexicalModel:
+    texts, y = [t for t, _ in _LEXICAL_TRAIN], np.array([c for _, c in _LEXICAL_TRAIN])
+    return LexicalModel.fit(texts, y, 3, ngram_max=2, min_df=1, max_features=10_000, c=10.0, seed=0)
+
+
+def test_lexical_features_are_exactly_scikit_learns_tfidf():
+    """Rebuilt from its plain arrays, the lexical scorer computes what TfidfVectorizer fitted on the same texts does."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = [t for t, _ in _LEXICAL_TRAIN]
+    model = _lexical()
+    reference = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=10_000).fit(texts)
+    assert model.terms == reference.get_feature_names_out().tolist()
+    queries = ["The licensor grants the licensee a warranty", "asthma asthma asthma in the patient", "def f(): pass",
+               "no known word here", ""]
+    np.testing.assert_allclose(model.features(queries).toarray(), reference.transform(queries).toarray(), atol=1e-6)
+    rebuilt = LexicalModel.from_tensors(model.terms, model.tensors(), model.ngram_max)
+    np.testing.assert_allclose(rebuilt.log_probs(queries), model.log_probs(queries), atol=1e-6)
+
+
+def test_lexical_scorer_reads_the_words_of_each_class():
+    model = _lexical()
+    lp = model.log_probs(["the licensee shall keep the notice", "asthma in adult patients", "def push(self, item):"])
+    assert lp.shape == (3, 3)
+    np.testing.assert_allclose(np.exp(lp).sum(axis=1), 1.0, atol=1e-6)
+    assert lp.argmax(axis=1).tolist() == [0, 1, 2]
+    assert model.log_probs([]).shape == (0, 3)
+
+
+def test_lexical_model_refuses_arrays_that_do_not_fit_together():
+    model = _lexical()
+    with pytest.raises(ValueError, match="do not fit together"):
+        LexicalModel(model.terms[:-1], model.idf, model.coef, model.intercept, 2)
+
+
+def test_combined_averages_any_number_of_distributions():
+    a, b, c = (log_softmax(np.array([[2.0, 0.0, -1.0]]) * s) for s in (1.0, 2.0, -1.0))
+    np.testing.assert_allclose(np.exp(combined_log_probs(a, b, c)), (np.exp(a) + np.exp(b) + np.exp(c)) / 3)
