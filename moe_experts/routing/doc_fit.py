@@ -144,10 +144,11 @@ def fit_router(
     fitted = {m: Calibrator.fit(cr.calibration, raw[half_a], val.labels[half_a]) for m, raw in candidates.items()}
     scores = {m: log_loss(fitted[m](raw[half_a]), val.labels[half_a]) for m, raw in candidates.items()}
     method = min(scores, key=scores.__getitem__)
-    if method != "hybrid":
-        lexical = None
-    elif lexical is not None:
+    if method == "hybrid":
+        assert lexical is not None
         tensors |= lexical.tensors()
+    else:
+        lexical = None
     calibrator, raw = fitted[method], candidates[method]
     probs = calibrator(raw)  # (V, C)
     uncalibrated = np.exp(raw)
