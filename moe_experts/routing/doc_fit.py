@@ -35,6 +35,9 @@ from moe_experts.routing.classifier import (
     knn_log_probs,
     log_loss,
     macro_f1,
+    class_prototypes,
+    mixture_log_probs,
+    prototype_log_probs,
     tune_confidence_threshold,
     tune_no_domain_threshold,
 )
@@ -82,12 +85,16 @@ def _metrics(probs: np.ndarray, y: np.ndarray, n: int) -> dict[str, Any]:
 def fit_router(
     train: Split, val: Split, *, experts: list[str], domains: list[str], fallback: str, recipe: DocRouterRecipe,
     embedder: Embedder, embed: Callable[[Split], np.ndarray] | None = None,
-    examples: Sequence[tuple[str, str, bool]] = (), unsupervised: bool = False, extra: dict[str, Any] | None = None,
+    examples: Sequence[tuple[str, str, bool]] = (), prototype_texts: Sequence[tuple[str, str]] = (),
+    unsupervised: bool = False, extra: dict[str, Any] | None = None,
 ) -> FittedRouter:
     """A document router fitted in memory: labels index ``experts``; ``val`` calibrates, tunes and reports.
 
     ``embed`` turns a split into unit vectors (default: the embedder, no cache); the positive
     ``examples`` (expert, text, positive?) widen the "far" floor and are embedded for checking.
+    ``prototype_texts`` (expert, text) say what each expert is for (its card's positive examples and
+    description); the ``hybrid`` scorer gives the similarity to their mean vector a share
+    (``recipe.classifier.prototypes``). Without them, or at weight 0, hybrid mixes its three other scorers.
     ``DocRouter.from_fit`` makes the router.
     The recipe's ``abstain.no_domain_per_kind`` synthetic no-domain texts (see ``no_domain_texts``) are made
     from the train split to fit the "no domain" gate and from the validation split to tune and report it.
@@ -134,7 +141,13 @@ def fit_router(
             lx = cr.lexical
             lexical = LexicalModel.fit(train.texts, train.labels, n, ngram_max=lx.ngram_max, min_df=lx.min_df,
                                        max_features=lx.max_features, c=lx.c, seed=recipe.seed)
-            candidates["hybrid"] = combined_log_probs(lr, knn, lexical.log_probs(val.texts))
+            proto_lp = None
+            if prototype_texts and cr.prototypes.weight > 0:
+                prototypes = _prototypes(prototype_texts, experts, embedder)
+                tensors["prototypes"] = prototypes
+                proto_lp = prototype_log_probs(x_val, prototypes, cr.prototypes.scale)
+            candidates["hybrid"] = hybrid_log_probs(lr, knn, lexical.log_probs(val.texts), proto_lp,
+                                                    cr.prototypes.weight)
             logger.info("router: lexical scorer over %d n-grams fitted in %.1f s", len(lexical.terms),
                         time.monotonic() - t0)
         if cr.method != "auto":
@@ -149,6 +162,9 @@ def fit_router(
         tensors |= lexical.tensors()
     else:
         lexical = None
+        tensors.pop("prototypes", None)
+    proto = ({"weight": cr.prototypes.weight, "scale": cr.prototypes.scale, "texts": len(prototype_texts)}
+             if "prototypes" in tensors else None)
     calibrator, raw = fitted[method], candidates[method]
     probs = calibrator(raw)  # (V, C)
     uncalibrated = np.exp(raw)
@@ -179,7 +195,7 @@ def fit_router(
         """Routed expert index (N,) of unit vectors (N, D) and the texts they embed (what the lexical scorer
         reads): the fitted router's whole decision, vectorised."""
         s, i = index.search(x, cr.knn_k)  # (N, k)
-        p = calibrator(raw_log_probs(method, tensors, x, s, i, n, lexical=lexical, texts=texts))
+        p = calibrator(raw_log_probs(method, tensors, x, s, i, n, lexical=lexical, texts=texts, prototypes=proto))
         none = None if gate is None else gate.scores(x)
         return np.where(abstain_mask(p, np.where(i[:, 0] >= 0, s[:, 0], -1.0), none, min_conf, min_sim, max_none),
                         fallback_index, p.argmax(axis=1))
@@ -224,6 +240,7 @@ def fit_router(
             "method": method,
             "knn_k": cr.knn_k,
             **({"lexical": {"ngram_max": lexical.ngram_max, "terms": len(lexical.terms)}} if lexical else {}),
+            **({"prototypes": proto} if proto else {}),
             "calibration": {"kind": calibrator.kind, "temperature": calibrator.temperature},
             "validation_log_loss_by_method": {m: round(s, 5) for m, s in scores.items()},
         },
@@ -251,12 +268,33 @@ def abstain_mask(
     return out
 
 
+def hybrid_log_probs(logreg: np.ndarray, knn: np.ndarray, lexical: np.ndarray, prototypes: np.ndarray | None,
+                     prototype_weight: float) -> np.ndarray:
+    """The hybrid scorer (N, C): the card prototypes' share ``prototype_weight`` (when given), the rest split
+    evenly between logistic regression, the kNN vote and the lexical scorer (each (N, C) log-probabilities)."""
+    if prototypes is None or prototype_weight <= 0:
+        return combined_log_probs(logreg, knn, lexical)
+    rest = (1.0 - prototype_weight) / 3
+    return mixture_log_probs([(rest, logreg), (rest, knn), (rest, lexical), (prototype_weight, prototypes)])
+
+
+def _prototypes(texts: Sequence[tuple[str, str]], experts: list[str], embedder: Embedder) -> np.ndarray:
+    """Each expert's prototype (C, D): the unit mean vector of its (expert, text) pairs."""
+    unknown = sorted({name for name, _ in texts} - set(experts))
+    if unknown:
+        raise ValueError(f"prototype texts name expert(s) {unknown} that the router does not route to ({experts})")
+    vectors = embedder.embed([text for _, text in texts])  # (P, D)
+    return class_prototypes(vectors, np.asarray([experts.index(name) for name, _ in texts]), len(experts))
+
+
 def raw_log_probs(
     method: str, tensors: dict[str, np.ndarray], vectors: np.ndarray, sims: np.ndarray, ids: np.ndarray, n_classes: int,
     *, lexical: LexicalModel | None = None, texts: Sequence[str] | None = None,
+    prototypes: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """The ``method`` scorer's uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k);
-    ``hybrid`` also reads the ``texts`` (N) the vectors embed, with its ``lexical`` model."""
+    ``hybrid`` also reads the ``texts`` (N) the vectors embed, with its ``lexical`` model, and, when
+    ``prototypes`` (the manifest's weight and scale) is given, the ``prototypes`` tensor (C, D)."""
     if method == "clusters":
         return cluster_log_probs(vectors, tensors["centroids"], tensors["cluster_expert"], n_classes)
     labels = np.where(ids >= 0, tensors["doc_labels"][np.clip(ids, 0, None)], -1)  # (N, k)
@@ -268,7 +306,10 @@ def raw_log_probs(
         if lexical is None or texts is None or len(texts) != len(vectors):
             raise ValueError("the hybrid scorer reads the requests' texts as well as their vectors: give its lexical "
                              "model and one text per vector")
-        return combined_log_probs(logreg, knn, lexical.log_probs(texts))
+        proto = (None if not prototypes else
+                 prototype_log_probs(vectors, tensors["prototypes"], float(prototypes["scale"])))
+        return hybrid_log_probs(logreg, knn, lexical.log_probs(texts), proto,
+                                float(prototypes["weight"]) if prototypes else 0.0)
     return logreg if method == "logreg" else combined_log_probs(logreg, knn)
 
 

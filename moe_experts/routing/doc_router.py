@@ -9,7 +9,8 @@ Artifact ``routers/doc/`` (written by ``routing.train_doc``), published as one u
                               SHA-256 and size
       index.faiss             the embedded training documents
       classifier.safetensors  logistic-regression weights, document labels, centroids,
-                              isotonic maps, the lexical scorer's idf and weights (plain arrays; no pickle)
+                              isotonic maps, the lexical scorer's idf and weights, the card prototypes
+                              (plain arrays; no pickle)
       lexicon.json            the lexical scorer's word n-grams, in column order (``hybrid`` routers only)
       documents.jsonl         id, domain and opening of every indexed document (for --explain)
 
@@ -29,7 +30,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,14 @@ class DocRouter:
         self.lexical = lexical  # the hybrid method's word scorer
         if self.method == "hybrid" and lexical is None:
             raise ValueError("a hybrid router needs its lexical model")
+        # The hybrid method's card prototypes (weight, scale); a router saved before them has none.
+        self.prototypes: dict[str, Any] | None = manifest["classifier"].get("prototypes")
+        if self.prototypes is not None:
+            shape = getattr(tensors.get("prototypes"), "shape", None)
+            if shape is None or shape[0] != len(self.experts) or shape[1] != index.info.dim:
+                raise ValueError(f"the router's manifest names card prototypes but its weights hold "
+                                 f"{'none' if shape is None else f'shape {tuple(shape)}'}, not "
+                                 f"({len(self.experts)}, {index.info.dim})")
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -196,7 +205,7 @@ class DocRouter:
         """Uncalibrated log-posterior (N, C) of unit vectors (N, D) with their neighbours (N, k) and, for the
         lexical scorer, what it reads of each request (``read_texts``)."""
         return raw_log_probs(self.method, self.tensors, vectors, sims, ids, len(self.experts), lexical=self.lexical,
-                             texts=read)
+                             texts=read, prototypes=self.prototypes)
 
     def posteriors(self, vectors: np.ndarray, texts: Sequence[str] | None = None,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -295,12 +304,15 @@ class DocRouter:
     def fit(
         cls, texts: Sequence[str], labels: Sequence[str], *, fallback: str, val_texts: Sequence[str] | None = None,
         val_labels: Sequence[str] | None = None, recipe: DocRouterRecipe | None = None, val_fraction: float = 0.2,
+        prototypes: Mapping[str, Sequence[str]] | None = None,
     ) -> DocRouter:
         """Fit a router in memory from texts labelled with expert names (no workspace), as scikit-learn fits.
 
         ``fallback`` is the expert that gets what the router abstains on. Without ``val_texts`` a
         ``val_fraction`` of every expert's texts (chosen by content hash) calibrates the posterior
-        and tunes the abstain thresholds. ``save`` writes it; ``load`` reads it back.
+        and tunes the abstain thresholds. ``prototypes`` (expert -> texts that say what it is for, as a card's
+        examples and description) give the ``hybrid`` scorer its card-prototype share. ``save`` writes it;
+        ``load`` reads it back.
         """
         recipe = recipe or DocRouterRecipe()
         if len(texts) != len(labels):
@@ -330,7 +342,8 @@ class DocRouter:
 
         embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size, precision="auto")  # bulk
         fitted = fit_router(split("train", texts, labels), split("val", val_texts, val_labels), experts=experts,
-                            domains=experts, fallback=fallback, recipe=recipe, embedder=embedder)
+                            domains=experts, fallback=fallback, recipe=recipe, embedder=embedder,
+                            prototype_texts=[(e, t) for e, ts in (prototypes or {}).items() for t in ts])
         return cls.from_fit(fitted, embedder)
 
     @classmethod
@@ -443,7 +456,10 @@ class DocRouter:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"the lexical scorer of the router in {folder} ({LEXICON} and its weights) is "
                                       f"missing or corrupted: {exc}", hint=RETRAIN) from exc
-        return cls(manifest, index, tensors, calibrator, folder, lexical=lexical)
+        try:
+            return cls(manifest, index, tensors, calibrator, folder, lexical=lexical)
+        except ValueError as exc:  # weights that do not match the manifest
+            raise CheckpointError(f"the router in {folder} is inconsistent: {exc}", hint=RETRAIN) from exc
 
 
 def check_compatible(

@@ -28,10 +28,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from moe_experts.config import ExpertCard
 from moe_experts.recipes import DocRouterRecipe
 from moe_experts.data.build import iter_documents, require_corpora
 from moe_experts.data.split import unit_hash
@@ -147,7 +149,7 @@ def fit_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool 
         train, val, experts=setup.registry.names, domains=setup.registry.domains,
         fallback=setup.registry.fallback.name, recipe=recipe, embedder=embedder,
         embed=lambda split: embed_cached(setup, embedder, split.ids, split.texts),
-        examples=examples, unsupervised=unsupervised,
+        examples=examples, prototype_texts=card_prototype_texts(setup.registry.cards), unsupervised=unsupervised,
         extra={"cards_fingerprint": setup.registry.fingerprint(), "corpus_hashes": hashes},
     )
     router = DocRouter.from_fit(fitted, embedder)
@@ -192,6 +194,11 @@ def _card_examples(setup: Setup) -> list[tuple[str, str, bool]]:
         for positive, texts in ((True, card.examples.positive), (False, card.examples.negative))
         for text in texts
     ]
+
+
+def card_prototype_texts(cards: Iterable[ExpertCard]) -> list[tuple[str, str]]:
+    """(expert, text): every card's positive examples and its description, what its prototype is the mean of."""
+    return [(card.name, text) for card in cards for text in (*card.examples.positive, card.description)]
 
 
 def doc_router_status(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False) -> tuple[str, list[str]]:

@@ -123,6 +123,56 @@ def test_a_hybrid_router_reads_words_too_and_saves_them_verified(hybrid, tmp_pat
         DocRouter.load(tmp_path / "router")
 
 
+PROTOTYPES = {
+    "code": ["How do I reverse a list in Python?", "Source code: functions, classes and imports."],
+    "law": ["Can I sublicense software under this licence?", "Law: licences, contracts and their clauses."],
+    "medicine": ["What causes a persistent fever?", "Medicine: symptoms, diseases and treatments."],
+}
+
+
+def test_card_prototypes_take_their_share_of_the_hybrid_mixture(monkeypatch, tmp_path):
+    """Two routers fitted on the same texts differ only by the prototypes' share w of the mixture:
+    p = (1 - w) * p_without + w * softmax(scale * cos(x, unit mean of each expert's prototype texts))."""
+    monkeypatch.setenv("MOE_EXPERTS_EMBED_PRECISION", "fp32")  # both fits, and this test, embed alike
+    texts = CODE + LAW + MEDICINE
+    labels = ["code"] * len(CODE) + ["law"] * len(LAW) + ["medicine"] * len(MEDICINE)
+    recipe = DocRouterRecipe(abstain={"far_quantile": 0.0}, classifier={"method": "hybrid", "lexical": {"min_df": 1}})
+    hybrid = DocRouter.fit(texts, labels, fallback="law", recipe=recipe, val_fraction=0.3)
+    router = DocRouter.fit(texts, labels, fallback="law", recipe=recipe, val_fraction=0.3, prototypes=PROTOTYPES)
+    w, scale = recipe.classifier.prototypes.weight, recipe.classifier.prototypes.scale
+    assert router.manifest["classifier"]["prototypes"] == {"weight": w, "scale": scale, "texts": 6}
+    assert "prototypes" not in hybrid.tensors and "prototypes" not in hybrid.manifest["classifier"]
+
+    embedder = router.embedder
+    expected = np.stack([embedder.embed(PROTOTYPES[e]).mean(axis=0) for e in router.experts])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(router.tensors["prototypes"], expected, atol=1e-4)
+
+    probe = ["def area(r):\n    return 3.14 * r * r", "The licensee shall not sublicense the rights.",
+             "The patient has a persistent cough and a high fever."]
+    x = embedder.embed(probe, max_windows=router.max_windows)
+    read = router.read_texts(probe)
+    sims, ids = router.index.search(x, router.knn_k)
+    with_protos = np.exp(router.raw_log_probs(x, sims, ids, read))
+    without = np.exp(hybrid.raw_log_probs(x, sims, ids, read))
+    z = scale * (x @ expected.T)
+    proto = np.exp(z - z.max(axis=1, keepdims=True))
+    proto /= proto.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(with_protos, (1 - w) * without + w * proto, rtol=1e-4, atol=1e-6)
+    assert [d.expert for d in router.route(probe)[0]] == ["code", "law", "medicine"]
+
+    router.save(tmp_path / "router")
+    again = DocRouter.load(tmp_path / "router")
+    assert again.prototypes == router.prototypes
+    np.testing.assert_allclose(again.posteriors(x, probe)[0], router.posteriors(x, probe)[0], rtol=1e-5, atol=1e-6)
+    tensors = {k: v for k, v in router.tensors.items() if k != "prototypes"}
+    with pytest.raises(ValueError, match="names card prototypes but its weights hold none"):
+        DocRouter(router.manifest, router.index, tensors, router.calibrator, None, lexical=router.lexical)
+    with pytest.raises(ValueError, match=r"prototype texts name expert\(s\) \['unix'\]"):
+        DocRouter.fit(texts, labels, fallback="law", recipe=recipe, val_fraction=0.3,
+                      prototypes={**PROTOTYPES, "unix": ["ls -la"]})
+
+
 def test_the_lexical_scorer_reads_only_the_windows_the_embedder_reads(hybrid):
     clinical = " ".join(MEDICINE[i % len(MEDICINE)] for i in range(12))
     request = clinical + "\n" + "\n".join(CODE[i % len(CODE)] for i in range(120))

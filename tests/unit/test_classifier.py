@@ -9,12 +9,15 @@ from moe_experts.routing.classifier import (
     Calibrator,
     LexicalModel,
     LogisticModel,
+    class_prototypes,
     cluster_log_probs,
     combined_log_probs,
     fit_temperature,
     knn_log_probs,
     log_loss,
     log_softmax,
+    mixture_log_probs,
+    prototype_log_probs,
     tune_confidence_threshold,
 )
 
@@ -139,3 +142,28 @@ def test_lexical_model_refuses_arrays_that_do_not_fit_together():
 def test_combined_averages_any_number_of_distributions():
     a, b, c = (log_softmax(np.array([[2.0, 0.0, -1.0]]) * s) for s in (1.0, 2.0, -1.0))
     np.testing.assert_allclose(np.exp(combined_log_probs(a, b, c)), (np.exp(a) + np.exp(b) + np.exp(c)) / 3)
+
+
+def test_a_mixture_weighs_its_distributions():
+    a = np.log(np.array([[0.9, 0.1], [0.5, 0.5]]))
+    b = np.log(np.array([[0.1, 0.9], [0.2, 0.8]]))
+    mixed = np.exp(mixture_log_probs([(3.0, a), (1.0, b)]))
+    np.testing.assert_allclose(mixed, [[0.7, 0.3], [0.425, 0.575]])
+    np.testing.assert_allclose(mixture_log_probs([(0.5, a), (0.5, b)]), combined_log_probs(a, b))
+    for bad in ([], [(0.0, a)], [(1.0, a), (-0.5, b)]):
+        with pytest.raises(ValueError, match="positive weights"):
+            mixture_log_probs(bad)
+
+
+def test_prototypes_are_unit_class_means_and_pull_towards_the_nearest():
+    vectors = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    labels = np.array([0, 0, 1, 1])
+    protos = class_prototypes(vectors, labels, 2)
+    np.testing.assert_allclose(protos, [[2 ** -0.5, 2 ** -0.5, 0.0], [0.0, 0.0, 1.0]], atol=1e-6)
+    q = np.array([[0.6, 0.8, 0.0], [0.0, 0.6, 0.8]])
+    lp = prototype_log_probs(q, protos, scale=20.0)
+    assert lp.argmax(axis=1).tolist() == [0, 1]
+    sims = q @ protos.T
+    np.testing.assert_allclose(np.exp(lp[0]), np.exp(20 * sims[0]) / np.exp(20 * sims[0]).sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"no prototype text for class\(es\) \[2\]"):
+        class_prototypes(vectors, labels, 3)
