@@ -23,6 +23,10 @@ routing_accuracy.py) learns from the same training documents and is scored on th
 same documents. The in-distribution check fits the router on every source with the
 same sampling and scores the test sample of routing_accuracy.py (300 per domain).
 
+`moe-experts eval --source-held-out N` reports the same measurement for a workspace's live router
+(``moe_experts/evaluation/held_out.py``); this benchmark adds the in-distribution check, the tf-idf baseline
+and per-fold details, and reuses embeddings across runs.
+
 Embeddings are read from the workspace cache (never written); the ones it lacks are
 embedded once and kept in ``--cache`` (default /tmp/sho/embeddings) for reruns.
 
@@ -59,34 +63,8 @@ TEST_PER_DOMAIN = 300  # the in-distribution test sample of routing_accuracy.py
 
 
 # ---------------------------------------------------------------------- pure parts (tests/unit/test_source_held_out.py)
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion k/n (95% at z=1.96); (0, 1) when n is 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
-
-
-def bootstrap_macro(correct: Sequence[np.ndarray], *, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean over groups of each group's accuracy, resampling within each group."""
-    rng = np.random.default_rng(seed)
-    means = np.zeros(reps)
-    for c in correct:
-        c = np.asarray(c, dtype=np.float64)
-        draws = rng.integers(0, len(c), size=(reps, len(c)))  # (R, n)
-        means += c[draws].mean(axis=1)
-    means /= len(correct)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
-def held_out_sources(sources_by_domain: dict[str, Counter[str]]) -> list[tuple[str, str]]:
-    """(domain, source) for every source of every domain that has more than one source, sorted."""
-    return [(d, s) for d in sorted(sources_by_domain) if len(sources_by_domain[d]) > 1
-            for s in sorted(sources_by_domain[d])]
+# the intervals and the hold-out plan are the library's, which `eval --source-held-out N` uses too
+from moe_experts.evaluation.held_out import bootstrap_macro, held_out_sources, wilson_interval  # noqa: E402,F401
 
 
 def sample(docs: Sequence[Any], limit: int | None, key: Any) -> list[Any]:

@@ -26,6 +26,9 @@ from moe_experts.evaluation.options import DEFAULTS, EvalOptions
 @click.option("--suites-recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="YAML",
               help="Routing-suite recipe [default: eval/suites.yaml, else built-in defaults].")
 @click.option("--no-timing", is_flag=True, help="Do not measure generation speed and routing latency.")
+@click.option("--source-held-out", type=click.IntRange(min=0), default=DEFAULTS.source_held_out, metavar="N",
+              help="Also measure routing on unseen sources: for each corpus source of a domain with several, fit a "
+                   "router without it and route up to N of its val/test documents (0: skip) [default: 0].")
 @click.option("--name", metavar="NAME", help="Report folder name under reports/ [default: a UTC time stamp]; never overwritten.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write the report under DIR instead of the workspace's reports/; the workspace is then only read "
@@ -33,7 +36,7 @@ from moe_experts.evaluation.options import DEFAULTS, EvalOptions
 @click.pass_context
 def eval_cmd(ctx: click.Context, domains: str | None, systems: str | None, max_docs: int | None, top_k: int,
              resamples: int, seed: int, no_suites: bool, suites_recipe: Path | None, no_timing: bool,
-             name: str | None, out: Path | None) -> None:
+             source_held_out: int, name: str | None, out: Path | None) -> None:
     """Evaluate every system in the workspace on the test split; write a report.
 
     Systems: the generalist(s), the seed, each expert alone, the document router
@@ -53,7 +56,8 @@ def eval_cmd(ctx: click.Context, domains: str | None, systems: str | None, max_d
                        resamples=resamples, seed=seed, suites=not no_suites,
                        suite_recipe=suites_recipe or repo_file("eval/suites.yaml"),
                        speed_prompts=0 if no_timing else DEFAULTS.speed_prompts,
-                       latency_requests=0 if no_timing else DEFAULTS.latency_requests)
+                       latency_requests=0 if no_timing else DEFAULTS.latency_requests,
+                       source_held_out=source_held_out)
     result = evaluate(setup, opts, name, out=out)
     print_report_summary(result.report, result.folder)
 

@@ -117,4 +117,8 @@ def print_report_summary(report: dict[str, Any], folder: Path) -> None:
     for note in report["notes"]:
         if not note.startswith("skipped "):
             click.echo(f"note: {note}")
+    if report.get("source_held_out"):
+        from moe_experts.evaluation.report import source_held_out_table
+
+        click.echo("\n" + plain(source_held_out_table(report)))
     click.echo(f"\nreport: {folder}/report.md  (html: {folder}/report.html, json: {folder}/report.json)")

@@ -24,6 +24,7 @@ class EvalOptions:
     latency_requests: int = 50  # requests for routing latency (0: not measured)
     suites: bool = True
     suite_recipe: Path | None = None
+    source_held_out: int = 0  # documents a held-out corpus source (0: not measured; it fits one router per source)
 
     def check(self) -> None:
         if self.max_docs is not None and self.max_docs < 1:
@@ -32,6 +33,8 @@ class EvalOptions:
             raise ConfigError(f"top_k must be at least 1, got {self.top_k}")
         if self.resamples < 100:
             raise ConfigError(f"resamples must be at least 100 for a usable interval, got {self.resamples}")
+        if self.source_held_out < 0:
+            raise ConfigError(f"source_held_out must be 0 (off) or a number of documents, got {self.source_held_out}")
         if not 0.5 <= self.confidence < 1:
             raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
 

@@ -133,6 +133,8 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 for variant, v in per.get("variants", {}).items()]
         if rows:
             out.append(Table("Routing suites by variant", ["suite", "system", "variant", "documents", "correct"], rows))
+    if report.get("source_held_out"):
+        out.append(source_held_out_table(report))
     if report["cost"]:
         rows = []
         for s in _systems(report):
@@ -169,6 +171,27 @@ def tables(report: dict[str, Any]) -> list[Table]:
                  "met" if t["met"] else "**not met**"] for t in report["targets"]]
         out.append(Table("Targets", ["domain", "target", "value", "interval", "threshold", "result"], rows))
     return out
+
+
+def source_held_out_table(report: dict[str, Any]) -> Table:
+    """The ``source_held_out`` section (``eval --source-held-out N``) as a table."""
+    held = report["source_held_out"]
+    rows = [[r["source"], r["domain"], str(r["documents"]), _f(r["routed"]["accuracy"], 3),
+             "–".join(_f(x, 3) for x in r["routed"]["interval_95"]), _f(r["top1"]["accuracy"], 3),
+             ", ".join(f"{e} {n}" for e, n in r["routed_to"].items())] for r in held["sources"]]
+    if held["macro"]:
+        m = held["macro"]
+        rows.append([f"macro over {m['sources']}", "", "", _f(m["accuracy"], 3),
+                     "–".join(_f(x, 3) for x in m["interval_95_bootstrap"]), "", ""])
+    notes = [f"a router fitted without each source ({held['recipe']}) routes up to {held['per_source']} of "
+             f"its val and test documents; {held['rule']}; intervals: Wilson 95% per source, a stratified "
+             "bootstrap for the macro"]
+    notes += [f"skipped {s['source'] or 'all'}: {s['reason']}" for s in held["skipped"]]
+    if report["routing"].get("doc-top1"):
+        notes.append(f"in distribution (the test split, sources seen in training): doc-top1 accuracy "
+                     f"{_f(report['routing']['doc-top1']['accuracy'], 4)}")
+    return Table("Routing, source held out (documents of a corpus source the router never saw)",
+                 ["source", "domain", "documents", "routed accuracy", "95% interval", "top-1", "routed to"], rows, notes)
 
 
 def headline_table(report: dict[str, Any]) -> Table:

@@ -120,6 +120,7 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
         "lm": _lm_section(scores, domains, counts, opts.confidence),
         "routing": _routing_section(ctx, scores, domains) if ROUTED_TOP1 in scores else {},
         "suites": _suites_section(ctx, opts) if opts.suites and ROUTED_TOP1 in scores else {},
+        **({"source_held_out": _source_held_out_section(setup, opts)} if opts.source_held_out else {}),
         "cost": done.costs,
         "expert_load": done.expert_load,
         "targets": [],
@@ -199,7 +200,8 @@ def eval_inputs(setup: Setup, opts: EvalOptions, domains: list[str]) -> dict[str
     settings = {"domains": domains, "systems": opts.systems, "max_docs": opts.max_docs, "top_k": opts.top_k,
                 "resamples": opts.resamples, "confidence": opts.confidence, "seed": opts.seed,
                 "suites": load_suite_recipe(opts.suite_recipe).fingerprint() if opts.suites else None,
-                "timing": bool(opts.speed_prompts or opts.latency_requests)}
+                "timing": bool(opts.speed_prompts or opts.latency_requests),
+                **({"source_held_out": opts.source_held_out} if opts.source_held_out else {})}
     inputs = {"moe_experts": __version__, "scorer": SCORER_VERSION, "cards": setup.registry.fingerprint(), "test_split": {d: corpora["domains"][d]["test"] for d in domains},
               "models": models, "routers": routers, "settings": settings}
     return {**inputs, "fingerprint": hash_json(inputs)}
@@ -311,6 +313,15 @@ def _routing_section(ctx: EvalContext, scores: dict[str, dict[str, DocScores]], 
         "regret_bpb": regret,
         "documents": len(y),
     }}
+
+
+def _source_held_out_section(setup: Setup, opts: EvalOptions) -> dict[str, Any]:
+    """Routing accuracy on each corpus source by a router fitted without it (``evaluation.held_out``)."""
+    from moe_experts.evaluation.held_out import source_held_out
+
+    logger.info("source held out: fitting a router without each corpus source, scoring up to %d of its documents",
+                opts.source_held_out)
+    return source_held_out(setup, opts.source_held_out, seed=opts.seed)
 
 
 def _suites_section(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:

@@ -56,11 +56,11 @@ def corpus_hashes(setup: Setup) -> dict[str, dict[str, str]]:
     return {d: {s: manifest["domains"][d][s] for s in ("train", "val")} for d in setup.registry.domains}
 
 
-def _read_split(setup: Setup, split: str, limit: int | None) -> Split:
+def _read_split(setup: Setup, split: str, limit: int | None, exclude_source: str | None = None) -> Split:
     ids, texts, labels = [], [], []
     for label, card in enumerate(setup.registry.cards):
         # a deterministic sample that does not depend on file order: the lowest content hashes
-        doc_ids, doc_texts = domain_sample(setup, card.domain, split, limit)
+        doc_ids, doc_texts = domain_sample(setup, card.domain, split, limit, exclude_source)
         if not doc_ids:
             raise DataError(f"domain '{card.domain}' has an empty {split} split; the router cannot learn it",
                             hint="add sources to its card, then `moe-experts data build --force`")
@@ -131,17 +131,20 @@ def train_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: boo
     return router.manifest
 
 
-def fit_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False) -> DocRouter:
+def fit_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool = False,
+                   exclude_source: str | None = None, embedder: Embedder | None = None) -> DocRouter:
     """The document router over the cards' train and val documents, in memory (``save`` writes it).
 
     A thin wrapper over ``fit_router``: it reads the workspace's splits, reuses cached embeddings (so a
     refit after adding or removing an expert embeds only documents it has not seen), and records the
-    cards and corpus hashes.
+    cards and corpus hashes. ``exclude_source`` leaves one corpus source's documents out (the
+    source-held-out measurement); ``embedder`` reuses one already loaded (for bulk embedding).
     """
     hashes = corpus_hashes(setup)
-    train = _read_split(setup, "train", recipe.max_train_documents_per_domain)
-    val = _read_split(setup, "val", recipe.max_val_documents_per_domain)
-    embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size, precision="auto")  # bulk: bf16 if native
+    train = _read_split(setup, "train", recipe.max_train_documents_per_domain, exclude_source)
+    val = _read_split(setup, "val", recipe.max_val_documents_per_domain, exclude_source)
+    if embedder is None:
+        embedder = Embedder(recipe.embedder, batch_size=recipe.embed_batch_size, precision="auto")  # bulk: bf16 if native
     logger.info("router: embedding %d training and %d validation documents with %s", len(train.texts),
                 len(val.texts), embedder.id)
     examples = _card_examples(setup)
@@ -150,16 +153,20 @@ def fit_doc_router(setup: Setup, recipe: DocRouterRecipe, *, unsupervised: bool 
         fallback=setup.registry.fallback.name, recipe=recipe, embedder=embedder,
         embed=lambda split: embed_cached(setup, embedder, split.ids, split.texts),
         examples=examples, prototype_texts=card_prototype_texts(setup.registry.cards), unsupervised=unsupervised,
-        extra={"cards_fingerprint": setup.registry.fingerprint(), "corpus_hashes": hashes},
+        extra={"cards_fingerprint": setup.registry.fingerprint(), "corpus_hashes": hashes,
+               **({"excluded_source": exclude_source} if exclude_source else {})},
     )
     router = DocRouter.from_fit(fitted, embedder)
     router.manifest["metrics"]["card_examples"] = router.check_examples(examples, fitted.example_vectors)
     return router
 
 
-def domain_sample(setup: Setup, domain: str, split: str, limit: int | None) -> tuple[list[str], list[str]]:
-    """(ids, texts): the documents of one domain's split the router learns from (the same deterministic sample)."""
-    docs = list(iter_documents(setup.workspace, domain, split))  # type: ignore[arg-type]
+def domain_sample(setup: Setup, domain: str, split: str, limit: int | None,
+                  exclude_source: str | None = None) -> tuple[list[str], list[str]]:
+    """(ids, texts): the documents of one domain's split the router learns from (the same deterministic sample),
+    without those of corpus source ``exclude_source``."""
+    docs = [d for d in iter_documents(setup.workspace, domain, split)  # type: ignore[arg-type]
+            if exclude_source is None or d.source != exclude_source]
     if limit is not None and len(docs) > limit:
         docs = sorted(docs, key=lambda d: unit_hash(d.text, "router-sample"))[:limit]
     return [d.id for d in docs], [d.text for d in docs]

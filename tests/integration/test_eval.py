@@ -102,9 +102,17 @@ def test_existing_report_is_never_overwritten(first_report):
 def test_narrowed_run_and_compare(first_report):
     setup, _, _ = first_report
     out = eval_cli(setup, "--max-docs", "6", "--resamples", "200", "--systems", "generalist,doc-*,oracle",
-                   "--domains", "code,law", "--no-suites", "--no-timing", "--top-k", "1", "--name", "second")
+                   "--domains", "code,law", "--no-suites", "--no-timing", "--top-k", "1", "--name", "second",
+                   "--source-held-out", "4")
     assert out.returncode == 0, out.stderr
     r = json.loads((setup.workspace.reports_dir / "second" / "report.json").read_text())
+    # every micro domain has one corpus source: nothing to hold out, and the report says so
+    held = r["source_held_out"]
+    assert held["per_source"] == 4 and held["sources"] == [] and held["macro"] is None
+    assert held["skipped"] == [{"source": None, "reason": "no domain has more than one corpus source"}]
+    assert "Routing, source held out" in (setup.workspace.reports_dir / "second" / "report.md").read_text()
+    assert "skipped all: no domain has more than one corpus source" in out.stdout
+    assert "source_held_out" not in json.loads((setup.workspace.reports_dir / "first" / "report.json").read_text())
     assert [s["name"] for s in r["systems"]] == ["generalist", "doc-top1", "oracle"]
     assert r["domains"] == ["code", "law"] and r["suites"] == {}
     assert r["cost"]["generalist"]["tokens_per_second"] is None
@@ -117,6 +125,7 @@ def test_narrowed_run_and_compare(first_report):
     (["--systems", "nothing-like-this"], 2, "no system matches nothing-like-this"),
     (["--domains", "astrology"], 2, "astrology"),
     (["--max-docs", "0"], 2, "Invalid value for '--max-docs': 0 is not in the range x>=1"),
+    (["--source-held-out", "-1"], 2, "Invalid value for '--source-held-out': -1 is not in the range x>=0"),
     (["compare", "first", "no-such-report"], 2, "no report 'no-such-report'"),
 ])
 def test_bad_input(first_report, args, code, message):
