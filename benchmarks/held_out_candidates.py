@@ -60,6 +60,8 @@ from benchmarks.source_held_out import (  # noqa: E402
     score,
 )
 
+from moe_experts.routing.classifier import class_prototypes  # noqa: E402
+
 logger = logging.getLogger("held_out_candidates")
 
 SENTENCE_END = re.compile(r"(?<=[.;:!?])\s+|\n+")
@@ -73,10 +75,8 @@ def average(*log_probs: np.ndarray) -> np.ndarray:
     return np.log(np.mean([np.exp(lp) for lp in log_probs], axis=0))
 
 
-def prototypes(vectors: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Unit mean vector (C, D) of each class's vectors (N, D); every class must have one."""
-    p = np.stack([vectors[labels == c].mean(axis=0) for c in range(n_classes)])
-    return p / np.linalg.norm(p, axis=1, keepdims=True)
+# Unit mean vector (C, D) of each class's vectors: the router's own card prototypes (train-router builds them so).
+prototypes = class_prototypes
 
 
 def pieces(text: str, key: str, n: int = PIECES_PER_DOCUMENT) -> list[str]:

@@ -64,7 +64,7 @@ TEST_PER_DOMAIN = 300  # the in-distribution test sample of routing_accuracy.py
 
 # ---------------------------------------------------------------------- pure parts (tests/unit/test_source_held_out.py)
 # the intervals and the hold-out plan are the library's, which `eval --source-held-out N` uses too
-from moe_experts.evaluation.held_out import bootstrap_macro, held_out_sources, wilson_interval  # noqa: E402,F401
+from moe_experts.evaluation.held_out import bootstrap_macro, held_out_sources, share, wilson_interval  # noqa: E402,F401
 
 
 def sample(docs: Sequence[Any], limit: int | None, key: Any) -> list[Any]:
@@ -209,10 +209,7 @@ def tfidf_predict(train: list[Any], train_y: np.ndarray, tests: Sequence[list[An
     return [model.predict(vec.transform([d.text for d in t])) if t else np.zeros(0, dtype=np.int64) for t in tests]
 
 
-def score(correct: np.ndarray) -> dict[str, Any]:
-    k, n = int(correct.sum()), len(correct)
-    lo, hi = wilson_interval(k, n)
-    return {"accuracy": round(k / n, 5) if n else None, "correct": k, "interval_95": [round(lo, 5), round(hi, 5)]}
+score = share  # accuracy, count and Wilson 95% interval of a boolean array (the library's, as eval reports it)
 
 
 def code_version() -> dict[str, Any]:

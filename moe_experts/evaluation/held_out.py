@@ -129,8 +129,9 @@ def source_held_out(setup: Any, per_source: int, *, seed: int = 0) -> dict[str, 
                 bar.update(1)
                 continue
             decisions, _ = router.route([doc.text for doc in docs])
-            routed = np.asarray([registry.by_domain(domain).name == d.expert for d in decisions])
-            top1 = np.asarray([registry.by_domain(domain).name == d.predicted for d in decisions])
+            expert = registry.by_domain(domain).name
+            routed = np.asarray([d.expert == expert for d in decisions])
+            top1 = np.asarray([d.predicted == expert for d in decisions])
             correct_by_source.append(routed)
             out["sources"].append({
                 "source": source, "domain": domain, "documents": len(docs),
