@@ -268,11 +268,18 @@ class ModelShape(StrictModel):
         return self
 
 
+class Decay(StrictModel):
+    """How a learning rate falls after warmup: the curve, and the fraction of the peak it ends at."""
+
+    schedule: Literal["cosine", "linear", "1-sqrt"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
 class _Schedule(StrictModel):
     """Warmup and decay of one training phase (its budget and peak learning rate are the subclass's)."""
 
     warmup_steps: int = Field(default=0, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "1-sqrt", "constant"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(default=0.1, ge=0.0)
 
@@ -302,7 +309,9 @@ class PhaseConfig(_Schedule):
     step count was chosen for a large one). ``epochs`` of a mixture counts
     passes over all its domains' tokens together.
 
-    ``cosine`` decays to ``min_lr_ratio`` of the peak; ``constant`` holds the peak.
+    ``cosine``, ``linear`` and ``1-sqrt`` decay to ``min_lr_ratio`` of the peak along that curve (``1-sqrt``:
+    the rate falls as 1 - sqrt(progress), fast at first, as in warmup-stable-decay runs); ``constant`` holds
+    the peak.
     A constant seed followed by cosine branches is a warmup-stable-decay run
     whose decay happens in each domain: the seed is not annealed only for every
     branch to re-warm it.
@@ -420,6 +429,8 @@ class Preset(StrictModel):
     branch_phase: PhaseConfig
     generalist_learning_rate: float = Field(gt=0.0, le=1.0)
     generalist_warmup_steps: int = Field(default=0, ge=0)
+    generalist_decay: Decay | None = Field(
+        default=None, description="The generalist's decay after warmup (None: cosine to 0.1 of the peak).")
     validation: ValidationConfig = ValidationConfig()
     branch_trunk: Literal["train", "frozen"] = Field(
         default="train",
@@ -434,8 +445,14 @@ class Preset(StrictModel):
     speed: SpeedConfig = SpeedConfig()
 
     def fingerprint(self) -> str:
-        """Every field but ``speed``: how fast a model trained is not what it was trained from."""
-        return hash_json(self.model_dump(mode="json", exclude={"speed"}))
+        """Every field but ``speed``: how fast a model trained is not what it was trained from.
+
+        Fields added after workspaces existed are left out at their neutral value (None), so an upgrade
+        does not make every model trained before read as stale."""
+        data = self.model_dump(mode="json", exclude={"speed"})
+        if data.get("generalist_decay") is None:
+            data.pop("generalist_decay", None)
+        return hash_json(data)
 
     @model_validator(mode="after")
     def _micro_batch_divides(self) -> Preset:
@@ -453,11 +470,14 @@ class Preset(StrictModel):
     def generalist_phase(self, tokens: int) -> PhaseConfig:
         """The compute-matched generalist: trained on the mixture for ``tokens`` tokens (what seed and branches consumed)."""
         steps = max(1, math.ceil(tokens / self.tokens_per_step))
+        decay = self.generalist_decay or Decay()
         return PhaseConfig(
             steps=steps,
             learning_rate=self.generalist_learning_rate,
             warmup_steps=min(self.generalist_warmup_steps, steps - 1),
             weight_decay=self.seed_phase.weight_decay,
+            schedule=decay.schedule,
+            min_lr_ratio=decay.min_lr_ratio,
         )
 
 

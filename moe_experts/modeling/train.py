@@ -267,6 +267,19 @@ def resolve_run_speed(model: Any, preset: Preset, device: str, steps: int | None
                                    accumulation=preset.gradient_accumulation_steps, steps=steps, fits=fits)
 
 
+def scheduler_arguments(phase: PhaseConfig) -> dict[str, Any]:
+    """The Trainer's ``lr_scheduler_type`` and its kwargs for ``phase``'s warmup and decay (steps resolved)."""
+    if phase.schedule == "constant":
+        return {"lr_scheduler_type": "constant_with_warmup", "lr_scheduler_kwargs": {}}
+    if phase.schedule == "cosine":
+        return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": phase.min_lr_ratio}}
+    # linear, 1-sqrt: transformers' warmup-stable-decay with no stable part (warmup, then decay to the last step)
+    assert phase.steps is not None, "a phase's budget is resolved to steps before it trains"
+    return {"lr_scheduler_type": "warmup_stable_decay",
+            "lr_scheduler_kwargs": {"num_decay_steps": max(phase.steps - phase.warmup_steps, 1),
+                                    "decay_type": phase.schedule, "min_lr_ratio": phase.min_lr_ratio}}
+
+
 def train_causal_lm(
     model: Any,
     dataset: BlockDataset,
@@ -304,8 +317,7 @@ def train_causal_lm(
             per_device_train_batch_size=run_speed.micro_batch_size,
             gradient_accumulation_steps=run_speed.accumulation,
             learning_rate=phase.learning_rate,
-            lr_scheduler_type="cosine_with_min_lr" if phase.schedule == "cosine" else "constant_with_warmup",
-            lr_scheduler_kwargs={"min_lr_rate": phase.min_lr_ratio} if phase.schedule == "cosine" else {},
+            **scheduler_arguments(phase),
             warmup_steps=phase.warmup_steps,
             weight_decay=phase.weight_decay,
             adam_beta1=0.9,

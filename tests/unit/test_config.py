@@ -177,3 +177,58 @@ def test_phase_budgets_resolve_against_the_data():
         PhaseConfig(steps=5, tokens=10, learning_rate=1e-3)
     with pytest.raises(ValidationError, match="exactly one budget"):
         PhaseConfig(learning_rate=1e-3)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "1-sqrt", "constant"])
+def test_each_schedule_warms_up_then_follows_its_curve_to_the_floor(schedule: str):
+    """The Trainer's scheduler, built from a phase as training builds it, gives the curve the phase names."""
+    import math
+
+    import torch
+    from transformers.optimization import get_scheduler
+
+    from moe_experts.config import PhaseConfig
+    from moe_experts.modeling.train import scheduler_arguments
+
+    steps, warmup, floor = 100, 10, 0.1
+    phase = PhaseConfig(steps=steps, warmup_steps=warmup, learning_rate=1.0, schedule=schedule, min_lr_ratio=floor)
+    args = scheduler_arguments(phase)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(args["lr_scheduler_type"], optimizer, num_warmup_steps=warmup,
+                              num_training_steps=steps, scheduler_specific_kwargs=args["lr_scheduler_kwargs"])
+    rates = []
+    for _ in range(steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[warmup] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(rates[:warmup - 1], rates[1:warmup]))  # warmup rises
+    progress = 0.5  # halfway through the decay
+    mid = rates[warmup + int(progress * (steps - warmup))]
+    expected = {"cosine": floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)),
+                "linear": floor + (1 - floor) * (1 - progress),
+                "1-sqrt": floor + (1 - floor) * (1 - math.sqrt(progress)),
+                "constant": 1.0}[schedule]
+    assert mid == pytest.approx(expected, abs=0.02)
+    if schedule == "constant":
+        assert rates[-1] == pytest.approx(1.0)
+    else:
+        assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))  # never rises again
+        assert floor <= rates[-1] < floor + 0.03
+
+
+def test_the_generalist_decays_as_its_preset_says_and_an_unset_decay_keeps_the_fingerprint():
+    from moe_experts.config import Preset
+
+    tiny = load_preset("tiny")
+    phase = tiny.generalist_phase(1_024_000)
+    assert (phase.steps, phase.schedule, phase.min_lr_ratio) == (1_000, "cosine", 0.1)  # unset: cosine to 0.1
+    data = tiny.model_dump(mode="python")
+    explicit = Preset.model_validate({**data, "generalist_decay": {"schedule": "cosine", "min_lr_ratio": 0.1}})
+    assert explicit.generalist_phase(1_024_000) == phase
+    linear = Preset.model_validate({**data, "generalist_decay": {"schedule": "linear", "min_lr_ratio": 0.0}})
+    assert (linear.generalist_phase(1_024_000).schedule, linear.generalist_phase(1_024_000).min_lr_ratio) == ("linear", 0.0)
+    assert Preset.model_validate(data).fingerprint() == tiny.fingerprint()
+    assert linear.fingerprint() != tiny.fingerprint()  # a set decay is part of what the models were trained from
+    with pytest.raises(ValidationError, match="schedule"):
+        Preset.model_validate({**data, "generalist_decay": {"schedule": "step"}})

@@ -1,0 +1,242 @@
+"""Training recipes for the experts and the compute-matched generalist, compared over several training seeds.
+
+Issue 11's `tiny` targets compare routed experts with a generalist trained on
+as many tokens, and count a target met only when the mean over training
+seeds and its interval clear it. This trains, for every variant (changes to
+the preset, by dotted field) and every training seed, a seed model, the
+starter experts and the compute-matched generalist from one workspace's
+corpora and tokenizer, and scores each on the validation documents the sanity
+check uses (no test split: this chooses a recipe). It prints expert /
+generalist per domain, the mean over seeds with its Student-t 95% interval,
+and the absolute bits per byte of both, so a change that moves the ratio says
+whether it moved the experts or the generalist, and how much it moved the
+spread over seeds.
+
+    python benchmarks/train_recipes.py -w /tmp/rb/base --seeds 1234,1,2 \\
+        --variant preset: \\
+        --variant zero:branch_phase.min_lr_ratio=0,generalist_decay.min_lr_ratio=0
+    python benchmarks/train_recipes.py -w runs/micro --preset micro --seeds 1,2 --variant preset:   # dry run
+
+``-w`` needs corpora and a tokenizer (``moe-experts data build`` and ``data tokenizer``); every variant and
+seed trains in its own folder under ``--scratch`` (default: beside it), removed after scoring unless
+``--keep``. A seed model or generalist whose recipe a variant leaves as another variant had it (same
+preset fields but the branches', same training seed; for the generalist also the same matched tokens) is
+trained once and reused: training is deterministic on CPU, so it would come out the same. Writes
+``benchmarks/results/train_recipes-<date>-<preset>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.compute_split import consumed, t_interval  # noqa: E402
+from benchmarks.machine import write_result  # noqa: E402
+from benchmarks.validation import device_name  # noqa: E402
+
+logger = logging.getLogger("train_recipes")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``LABEL:path=value,path=value`` -> (label, {dotted path: YAML value}); ``LABEL:`` is the preset as is."""
+    label, sep, rest = text.partition(":")
+    if not sep or not label:
+        raise argparse.ArgumentTypeError(f"--variant takes LABEL:field.path=value,..., not {text!r}")
+    changes: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        path, eq, value = item.partition("=")
+        if not eq or not path:
+            raise argparse.ArgumentTypeError(f"--variant {label}: {item!r} is not field.path=value")
+        changes[path] = yaml.safe_load(value)
+    return label, changes
+
+
+def apply_changes(preset: Any, changes: dict[str, Any], seed: int) -> Any:
+    """``preset`` with each dotted field set (validated as a preset file would be) and training seed ``seed``."""
+    from moe_experts.config import Preset
+
+    data = copy.deepcopy(preset.model_dump(mode="python"))
+    for path, value in changes.items():
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+        node[leaf] = value
+    data["seed"] = seed
+    return Preset.model_validate(data)
+
+
+def variant_setup(data_root: Path, root: Path, preset: Any, registry: Any) -> Any:
+    """A fresh workspace at ``root`` holding ``data_root``'s corpora, tokenizer and token streams."""
+    from moe_experts.modeling.stages import Setup
+    from moe_experts.workspace import Workspace
+
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for name in ("corpora", "tokenizer", "tokens"):
+        shutil.copytree(data_root / name, root / name)
+    ws = Workspace(root)
+    ws.open(preset.name, preset.fingerprint())
+    return Setup(workspace=ws, registry=registry, preset=preset)
+
+
+# preset fields a model does not depend on: it is reused across variants that differ only in these
+NOT_SEED = {"speed", "branch_phase", "branch_trunk", "generalist_learning_rate", "generalist_warmup_steps",
+            "generalist_decay", "parameter_matched_generalist"}
+NOT_GENERALIST = {"speed", "branch_phase", "branch_trunk"}
+
+
+def reuse_key(preset: Any, ignored: set[str], **extra: Any) -> str:
+    from moe_experts.config import hash_json
+
+    return hash_json({"preset": preset.model_dump(mode="json", exclude=ignored), **extra})
+
+
+def reuse_or_train(cache: Path, key: str, setup: Any, name: str, train: Any) -> bool:
+    """Train ``name`` in ``setup``'s workspace, or copy it from ``cache/key`` where a variant trained it;
+    True when it was trained."""
+    from moe_experts.workspace import MANIFEST, read_json, write_json_atomic
+
+    folder, kept = setup.workspace.model_dir(name), cache / key
+    if kept.is_dir():
+        shutil.copytree(kept, folder)
+        manifest = read_json(folder / MANIFEST)
+        manifest["inputs"]["preset"] = setup.preset.fingerprint()  # the same weights, under this variant's preset
+        write_json_atomic(folder / MANIFEST, manifest)
+        logger.info("%s: the same recipe as a variant before, reusing its weights", name)
+        return False
+    train()
+    shutil.copytree(folder, kept)
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-w", "--workspace", type=Path, required=True, help="a workspace with corpora and a tokenizer")
+    ap.add_argument("--variant", type=parse_variant, action="append", required=True, metavar="LABEL:CHANGES",
+                    help="a recipe: the preset with these dotted fields set (repeat); LABEL: alone is the preset")
+    ap.add_argument("--seeds", default="1234,1,2", help="training seeds, comma-separated [1234,1,2]")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--cards", type=Path, default=Path("experts"))
+    ap.add_argument("--scratch", type=Path, default=None, help="where the variants train [beside -w]")
+    ap.add_argument("--keep", action="store_true", help="keep each variant's workspace")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--seeds takes comma-separated integers, not {args.seeds!r}")
+    if not (args.workspace / "tokenizer").is_dir():
+        ap.error(f"{args.workspace} has no tokenizer: run `moe-experts -w {args.workspace} data build` "
+                 "and `data tokenizer` first")
+
+    from moe_experts.config import load_preset, load_registry
+    from moe_experts.data.tokenizer import load_tokenizer
+    from moe_experts.modeling.generalist import train_generalists
+    from moe_experts.modeling.sanity import eval_documents
+    from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions, train_experts, train_seed
+    from moe_experts.workspace import MANIFEST, Workspace, read_json
+    from benchmarks.validation import Bench
+
+    registry = load_registry(args.cards)
+    base_preset = load_preset(args.preset)
+    variants = [(label, changes, [apply_changes(base_preset, changes, s) for s in seeds])
+                for label, changes in args.variant]  # every variant validated before any training
+    base = Setup(workspace=Workspace(args.workspace), registry=registry, preset=base_preset)
+    tokenizer = load_tokenizer(base.workspace.tokenizer_dir)
+    bench = Bench(base, {d: eval_documents(base, d, tokenizer) for d in registry.domains})
+    scratch = args.scratch or args.workspace.parent
+    cache = scratch / "recipe-cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+
+    rows = []
+    for label, changes, presets in variants:
+        for seed, preset in zip(seeds, presets):
+            started = time.monotonic()
+            setup = variant_setup(args.workspace, scratch / f"recipe-{label}-{seed}", preset, registry)
+            reuse_or_train(cache, reuse_key(preset, NOT_SEED, model=SEED), setup, SEED,
+                           lambda: train_seed(setup, TrainOptions()))
+            train_experts(setup, None, TrainOptions())
+            branches = [read_json(setup.workspace.model_dir(n) / MANIFEST)
+                        for n in [SEED] + [c.name for c in registry.starters]]
+            reuse_or_train(cache, reuse_key(preset, NOT_GENERALIST, model=GENERALIST, tokens=consumed(branches)),
+                           setup, GENERALIST, lambda: train_generalists(setup, TrainOptions()))
+            manifests = {n: read_json(setup.workspace.model_dir(n) / MANIFEST)
+                         for n in [SEED, GENERALIST] + [c.name for c in registry.starters]}
+            experts = {c.domain: bench.score(setup.workspace.model_dir(c.name), setup)[c.domain]
+                       for c in registry.starters}
+            generalist = bench.score(setup.workspace.model_dir(GENERALIST), setup)
+            seed_model = bench.score(setup.workspace.model_dir(SEED), setup)
+            row = {
+                "variant": label, "changes": changes, "training_seed": seed,
+                "seconds": round(time.monotonic() - started, 1),
+                "tokens": {"seed_and_branches": consumed([m for n, m in manifests.items() if n != GENERALIST]),
+                           "generalist": int(manifests[GENERALIST]["training"]["tokens"])},
+                "kept_steps": {n: m["training"].get("kept_step") for n, m in manifests.items()},
+                "seed": {d: round(v, 4) for d, v in seed_model.items()},
+                "experts": {d: round(v, 4) for d, v in experts.items()},
+                "generalist": {d: round(generalist[d], 4) for d in experts},
+                "ratio": {d: round(experts[d] / generalist[d], 4) for d in experts},
+            }
+            rows.append(row)
+            if not args.keep:
+                shutil.rmtree(setup.workspace.root)
+            print(f"{label:>12}  seed {seed:>5}  " + "  ".join(f"{d} {r:.3f}" for d, r in row["ratio"].items())
+                  + f"  ({row['seconds']:.0f} s)", flush=True)
+
+    if not args.keep:
+        shutil.rmtree(cache, ignore_errors=True)
+    summary = [summarise(label, [r for r in rows if r["variant"] == label]) for label, _, _ in variants]
+    result = {"benchmark": "train_recipes", "preset": base_preset.name, "split": "val", "machine": device_name(),
+              "date": dt.date.today().isoformat(), "seeds": seeds, "rows": rows, "summary": summary}
+    write_result(result, args.out, f"train_recipes-{result['date']}-{base_preset.name}", shown={})
+    print(table(summary))
+
+
+def summarise(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds [t-interval] of each ratio and of the experts' and the generalist's bits per byte."""
+    out: dict[str, Any] = {"variant": label, "seeds": len(rows), "changes": rows[0]["changes"]}
+    for key in ("ratio", "experts", "generalist"):
+        out[key] = {}
+        for d in rows[0]["ratio"]:
+            mean, low, high = t_interval([r[key][d] for r in rows])
+            out[key][d] = {"mean": round(mean, 4), "low": round(low, 4), "high": round(high, 4)}
+    out["macro"] = [round(x, 4) for x in t_interval([sum(r["ratio"].values()) / len(r["ratio"]) for r in rows])]
+    return out
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+    """Markdown: expert / generalist per domain, mean over seeds [t-interval]; then the bits per byte behind it."""
+    domains = list(summary[0]["ratio"])
+    lines = ["| variant | seeds | " + " | ".join(domains) + " | macro |", "|---|---:|" + "---|" * (len(domains) + 1)]
+    for s in summary:
+        cells = [f"{s['ratio'][d]['mean']:.3f} [{s['ratio'][d]['low']:.3f}, {s['ratio'][d]['high']:.3f}]"
+                 for d in domains]
+        m = s["macro"]
+        lines.append(f"| {s['variant']} | {s['seeds']} | " + " | ".join(cells) + f" | {m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}] |")
+    lines += ["", "| variant | " + " | ".join(f"{d} expert / generalist bpb" for d in domains) + " |",
+              "|---|" + "---|" * len(domains)]
+    for s in summary:
+        lines.append(f"| {s['variant']} | " + " | ".join(
+            f"{s['experts'][d]['mean']:.3f} / {s['generalist'][d]['mean']:.3f}" for d in domains) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""benchmarks/train_recipes.py: a variant is the preset with dotted fields set, validated like a preset file."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from pydantic import ValidationError
+
+from benchmarks.train_recipes import apply_changes, parse_variant
+from moe_experts.config import load_preset
+
+
+def test_a_variant_names_fields_by_path_and_reads_values_as_yaml():
+    assert parse_variant("preset:") == ("preset", {})
+    label, changes = parse_variant("zero:branch_phase.min_lr_ratio=0,generalist_decay.schedule=linear,model.hidden_size=96")
+    assert label == "zero"
+    assert changes == {"branch_phase.min_lr_ratio": 0, "generalist_decay.schedule": "linear", "model.hidden_size": 96}
+    for bad in ("no-colon", ":x=1", "v:branch_phase.steps"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_variant(bad)
+
+
+def test_changes_apply_to_a_copy_with_the_training_seed_and_are_validated():
+    tiny = load_preset("tiny")
+    _, changes = parse_variant("v:branch_phase.schedule=1-sqrt,branch_phase.min_lr_ratio=0,"
+                               "generalist_decay.schedule=linear,generalist_decay.min_lr_ratio=0")
+    preset = apply_changes(tiny, changes, seed=7)
+    assert (preset.seed, preset.branch_phase.schedule, preset.branch_phase.min_lr_ratio) == (7, "1-sqrt", 0.0)
+    assert preset.generalist_phase(10_240).schedule == "linear"
+    assert (tiny.seed, tiny.branch_phase.schedule, tiny.generalist_decay) == (1234, "cosine", None)  # untouched
+    assert apply_changes(tiny, {}, seed=tiny.seed).fingerprint() == tiny.fingerprint()
+    with pytest.raises(ValidationError, match="schedule"):
+        apply_changes(tiny, {"branch_phase.schedule": "step"}, seed=1)
+    with pytest.raises(ValidationError, match="no_such_field"):
+        apply_changes(tiny, {"branch_phase.no_such_field": 1}, seed=1)
