@@ -100,8 +100,11 @@ def test_speed_is_not_part_of_the_fingerprint():
     preset = load_preset("tiny")
     other = preset.model_copy(update={"speed": SpeedConfig(compile="off", precision="fp32")})
     assert other.fingerprint() == preset.fingerprint()
-    # and a preset from before the speed section keeps the fingerprint its workspaces recorded
-    assert preset.fingerprint() == hash_json({k: v for k, v in preset.model_dump(mode="json").items() if k != "speed"})
+    # and a preset from before the speed section (and before generalist_decay, which it leaves unset) keeps the
+    # fingerprint its workspaces recorded
+    assert preset.generalist_decay is None
+    assert preset.fingerprint() == hash_json({k: v for k, v in preset.model_dump(mode="json").items()
+                                              if k not in ("speed", "generalist_decay")})
     changed = preset.model_copy(update={"batch_size": 4})
     assert changed.fingerprint() != preset.fingerprint()
 
