@@ -41,7 +41,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.compute_split import consumed, t_interval  # noqa: E402
+from benchmarks.compute_split import consumed, split_setup, t_interval  # noqa: E402
 from benchmarks.machine import write_result  # noqa: E402
 from benchmarks.validation import device_name  # noqa: E402
 
@@ -77,21 +77,6 @@ def apply_changes(preset: Any, changes: dict[str, Any], seed: int) -> Any:
         node[leaf] = value
     data["seed"] = seed
     return Preset.model_validate(data)
-
-
-def variant_setup(data_root: Path, root: Path, preset: Any, registry: Any) -> Any:
-    """A fresh workspace at ``root`` holding ``data_root``'s corpora, tokenizer and token streams."""
-    from moe_experts.modeling.stages import Setup
-    from moe_experts.workspace import Workspace
-
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    for name in ("corpora", "tokenizer", "tokens"):
-        shutil.copytree(data_root / name, root / name)
-    ws = Workspace(root)
-    ws.open(preset.name, preset.fingerprint())
-    return Setup(workspace=ws, registry=registry, preset=preset)
 
 
 # preset fields a model does not depend on: it is reused across variants that differ only in these
@@ -169,7 +154,7 @@ def main() -> None:
     for label, changes, presets in variants:
         for seed, preset in zip(seeds, presets):
             started = time.monotonic()
-            setup = variant_setup(args.workspace, scratch / f"recipe-{label}-{seed}", preset, registry)
+            setup = split_setup(base, scratch / f"recipe-{label}-{seed}", preset)
             reuse_or_train(cache, reuse_key(preset, NOT_SEED, model=SEED), setup, SEED,
                            lambda: train_seed(setup, TrainOptions()))
             train_experts(setup, None, TrainOptions())
