@@ -91,9 +91,8 @@ def reuse_key(preset: Any, ignored: set[str], **extra: Any) -> str:
     return hash_json({"preset": preset.model_dump(mode="json", exclude=ignored), **extra})
 
 
-def reuse_or_train(cache: Path, key: str, setup: Any, name: str, train: Any) -> bool:
-    """Train ``name`` in ``setup``'s workspace, or copy it from ``cache/key`` where a variant trained it;
-    True when it was trained."""
+def reuse_or_train(cache: Path, key: str, setup: Any, name: str, train: Any) -> None:
+    """Train ``name`` in ``setup``'s workspace, or copy it from ``cache/key`` where a variant trained it."""
     from moe_experts.workspace import MANIFEST, read_json, write_json_atomic
 
     folder, kept = setup.workspace.model_dir(name), cache / key
@@ -103,10 +102,9 @@ def reuse_or_train(cache: Path, key: str, setup: Any, name: str, train: Any) -> 
         manifest["inputs"]["preset"] = setup.preset.fingerprint()  # the same weights, under this variant's preset
         write_json_atomic(folder / MANIFEST, manifest)
         logger.info("%s: the same recipe as a variant before, reusing its weights", name)
-        return False
+        return
     train()
     shutil.copytree(folder, kept)
-    return True
 
 
 def main() -> None:

@@ -217,7 +217,8 @@ def test_each_schedule_warms_up_then_follows_its_curve_to_the_floor(schedule: st
         assert floor <= rates[-1] < floor + 0.03
 
 
-def test_the_generalist_decays_as_its_preset_says_and_an_unset_decay_keeps_the_fingerprint():
+def test_the_generalist_decays_as_its_preset_says_and_a_set_decay_is_in_the_fingerprint():
+    # an unset decay leaving the old fingerprint as it was: tests/unit/test_speed.py
     from moe_experts.config import Preset
 
     tiny = load_preset("tiny")
@@ -228,7 +229,6 @@ def test_the_generalist_decays_as_its_preset_says_and_an_unset_decay_keeps_the_f
     assert explicit.generalist_phase(1_024_000) == phase
     linear = Preset.model_validate({**data, "generalist_decay": {"schedule": "linear", "min_lr_ratio": 0.0}})
     assert (linear.generalist_phase(1_024_000).schedule, linear.generalist_phase(1_024_000).min_lr_ratio) == ("linear", 0.0)
-    assert Preset.model_validate(data).fingerprint() == tiny.fingerprint()
     assert linear.fingerprint() != tiny.fingerprint()  # a set decay is part of what the models were trained from
     with pytest.raises(ValidationError, match="schedule"):
         Preset.model_validate({**data, "generalist_decay": {"schedule": "step"}})
