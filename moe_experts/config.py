@@ -414,6 +414,14 @@ class SpeedConfig(StrictModel):
         default="auto", description="Expert branches trained side by side, one process each (auto: up to 4 on "
         "one GPU, one per GPU with several; 1 on CPU, where four branches two at a time took 58.0 s against 61.2 s).")
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on` / `off` as true / false: `speed: {compile: off}` means "off".
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
 
 class Preset(StrictModel):
     """Everything about a workspace's starter models: sizes, vocabulary, training budgets."""

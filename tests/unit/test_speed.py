@@ -93,6 +93,16 @@ def test_micro_batch_must_divide_the_batch():
     assert Preset.model_validate({**data, "speed": {"micro_batch_size": 2}}).speed.micro_batch_size == 2
 
 
+def test_compile_switch_reads_as_written_in_yaml():
+    """YAML reads a bare `on` / `off` as a boolean; the preset file means the switch, as the warning tells users."""
+    import yaml
+
+    data = load_preset("micro").model_dump()
+    for text, expected in (("{compile: on}", "on"), ("{compile: off}", "off"), ("{compile: auto}", "auto")):
+        speed = yaml.safe_load(text)
+        assert Preset.model_validate({**data, "speed": speed}).speed.compile == expected
+
+
 def test_speed_is_not_part_of_the_fingerprint():
     """A workspace trained one way is reused when the preset later runs another way (the manifest records how)."""
     from moe_experts.config import hash_json
