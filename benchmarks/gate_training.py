@@ -69,7 +69,9 @@ def main() -> None:
         manifest = train_token_router(setup, recipe)
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(scratch.root / "routers" / "token")
+        from moe_experts.routing.token_artifact import token_router_dir
+
+        config = AutoConfig.from_pretrained(token_router_dir(scratch.root))  # the live version, not routers/token/
         shutil.rmtree(scratch.root / "routers", ignore_errors=True)
     t = manifest["training"]
     active = model_size(config, preset.seq_len).active_parameters

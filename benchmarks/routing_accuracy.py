@@ -34,7 +34,7 @@ from moe_experts.data.build import iter_documents  # noqa: E402
 from moe_experts.data.split import unit_hash  # noqa: E402
 from moe_experts.routing.classifier import accuracy, confusion_matrix, macro_f1  # noqa: E402
 from moe_experts.modeling.stages import Setup  # noqa: E402
-from moe_experts.routing.doc_router import DOCUMENTS, DocRouter, router_dir  # noqa: E402
+from moe_experts.routing.doc_router import DOCUMENTS, DocRouter, live_dir, router_dir  # noqa: E402
 from moe_experts.routing.train_doc import embed_cached  # noqa: E402
 from moe_experts.workspace import Workspace, read_json  # noqa: E402
 
@@ -55,7 +55,7 @@ def main() -> None:
     n = len(experts)
 
     # the same training documents the router indexed
-    indexed = {json.loads(line)["id"] for line in (router_dir(ws.root) / DOCUMENTS).open(encoding="utf-8")}
+    indexed = {json.loads(line)["id"] for line in (live_dir(router_dir(ws.root)) / DOCUMENTS).open(encoding="utf-8")}
     train_texts, train_y, test_ids, test_texts, test_y = [], [], [], [], []
     for label, card in enumerate(setup.registry.cards):
         for d in iter_documents(ws, card.domain, "train"):
