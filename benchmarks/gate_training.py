@@ -31,6 +31,7 @@ from benchmarks.machine import BF16_PEAK, cpu_model, measured_gemm_flops, usable
 from moe_experts.config import load_preset, load_registry  # noqa: E402
 from moe_experts.recipes import TokenRouterRecipe, load_token_recipe  # noqa: E402
 from moe_experts.modeling.stages import Setup  # noqa: E402
+from moe_experts.routing.token_artifact import token_router_dir  # noqa: E402
 from moe_experts.workspace import Workspace, read_json  # noqa: E402
 
 def main() -> None:
@@ -68,8 +69,6 @@ def main() -> None:
         setup = Setup(workspace=scratch, registry=load_registry(Path(args.cards)), preset=preset)
         manifest = train_token_router(setup, recipe)
         from transformers import AutoConfig
-
-        from moe_experts.routing.token_artifact import token_router_dir
 
         config = AutoConfig.from_pretrained(token_router_dir(scratch.root))  # the live version, not routers/token/
         shutil.rmtree(scratch.root / "routers", ignore_errors=True)
