@@ -22,7 +22,8 @@ seed trains in its own folder under ``--scratch`` (default: beside it), removed 
 ``--keep``. A seed model or generalist whose recipe a variant leaves as another variant had it (same
 preset fields but the branches', same training seed; for the generalist also the same matched tokens) is
 trained once and reused: training is deterministic on CPU, so it would come out the same. Writes
-``benchmarks/results/train_recipes-<date>-<preset>.json``.
+``benchmarks/results/train_recipes-<date>-<preset>.json`` (or ``--out``) after every scored row, with
+``"complete": false`` until the last, so a run stopped part-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.compute_split import consumed, split_setup, t_interval  # noqa: E402
-from benchmarks.machine import write_result  # noqa: E402
+from benchmarks.machine import RESULTS, write_result  # noqa: E402
 from benchmarks.validation import device_name  # noqa: E402
 
 logger = logging.getLogger("train_recipes")
@@ -133,7 +134,7 @@ def main() -> None:
     from moe_experts.modeling.generalist import train_generalists
     from moe_experts.modeling.sanity import eval_documents
     from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions, train_experts, train_seed
-    from moe_experts.workspace import MANIFEST, Workspace, read_json
+    from moe_experts.workspace import MANIFEST, Workspace, read_json, write_json_atomic
     from benchmarks.validation import Bench
 
     registry = load_registry(args.cards)
@@ -148,7 +149,10 @@ def main() -> None:
     if cache.exists():
         shutil.rmtree(cache)
 
-    rows = []
+    started_on = dt.date.today().isoformat()
+    stem = f"train_recipes-{started_on}-{base_preset.name}"
+    out = args.out or RESULTS / f"{stem}.json"
+    rows: list[dict[str, Any]] = []
     for label, changes, presets in variants:
         for seed, preset in zip(seeds, presets):
             started = time.monotonic()
@@ -182,14 +186,23 @@ def main() -> None:
                 shutil.rmtree(setup.workspace.root)
             print(f"{label:>12}  seed {seed:>5}  " + "  ".join(f"{d} {r:.3f}" for d, r in row["ratio"].items())
                   + f"  ({row['seconds']:.0f} s)", flush=True)
+            # every row on disk as soon as it is scored: a run stopped part-way keeps what it measured
+            write_json_atomic(out, result_of(rows, variants, seeds, base_preset.name, started_on, complete=False))
 
     if not args.keep:
         shutil.rmtree(cache, ignore_errors=True)
-    summary = [summarise(label, [r for r in rows if r["variant"] == label]) for label, _, _ in variants]
-    result = {"benchmark": "train_recipes", "preset": base_preset.name, "split": "val", "machine": device_name(),
-              "date": dt.date.today().isoformat(), "seeds": seeds, "rows": rows, "summary": summary}
-    write_result(result, args.out, f"train_recipes-{result['date']}-{base_preset.name}", shown={})
-    print(table(summary))
+    result = result_of(rows, variants, seeds, base_preset.name, started_on, complete=True)
+    write_result(result, out, stem, shown={})
+    print(table(result["summary"]))
+
+
+def result_of(rows: list[dict[str, Any]], variants: list[Any], seeds: list[int], preset: str, date: str,
+              complete: bool) -> dict[str, Any]:
+    """The result file: every row so far, and a summary of each variant with at least one row."""
+    summary = [summarise(label, mine) for label, _, _ in variants
+               if (mine := [r for r in rows if r["variant"] == label])]
+    return {"benchmark": "train_recipes", "preset": preset, "split": "val", "machine": device_name(),
+            "date": date, "seeds": seeds, "complete": complete, "rows": rows, "summary": summary}
 
 
 def summarise(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import argparse
 import pytest
 from pydantic import ValidationError
 
-from benchmarks.train_recipes import apply_changes, parse_variant
+from benchmarks.train_recipes import apply_changes, parse_variant, result_of
 from moe_experts.config import load_preset
 
 
@@ -34,3 +34,21 @@ def test_changes_apply_to_a_copy_with_the_training_seed_and_are_validated():
         apply_changes(tiny, {"branch_phase.schedule": "step"}, seed=1)
     with pytest.raises(ValidationError, match="no_such_field"):
         apply_changes(tiny, {"branch_phase.no_such_field": 1}, seed=1)
+
+
+def _row(variant: str, seed: int, code: float) -> dict:
+    return {"variant": variant, "changes": {}, "training_seed": seed, "ratio": {"code": code, "law": 1.0},
+            "experts": {"code": code, "law": 2.0}, "generalist": {"code": 1.0, "law": 2.0}}
+
+
+def test_a_partial_result_summarises_only_the_variants_it_has_rows_for():
+    variants = [("preset", {}, []), ("glr2", {}, [])]
+    rows = [_row("preset", 1, 0.90), _row("preset", 2, 0.94)]
+    partial = result_of(rows, variants, [1, 2], "tiny", "2026-12-01", complete=False)
+    assert partial["complete"] is False and partial["rows"] == rows
+    assert [s["variant"] for s in partial["summary"]] == ["preset"]  # glr2 has no row yet: no summary for it
+    assert partial["summary"][0]["seeds"] == 2
+    assert partial["summary"][0]["ratio"]["code"]["mean"] == pytest.approx(0.92)
+    done = result_of(rows + [_row("glr2", 1, 0.97), _row("glr2", 2, 0.99)], variants, [1, 2], "tiny", "2026-12-01",
+                     complete=True)
+    assert done["complete"] is True and [s["variant"] for s in done["summary"]] == ["preset", "glr2"]
