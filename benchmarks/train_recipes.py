@@ -19,9 +19,9 @@ spread over seeds.
 
 ``-w`` needs corpora and a tokenizer (``moe-experts data build`` and ``data tokenizer``); every variant and
 seed trains in its own folder under ``--scratch`` (default: beside it), removed after scoring unless
-``--keep``. A seed model or generalist whose recipe a variant leaves as another variant had it (same
-preset fields but the branches', same training seed; for the generalist also the same matched tokens) is
-trained once and reused: training is deterministic on CPU, so it would come out the same. Writes
+``--keep``. A seed model, set of experts or generalist whose recipe a variant leaves as another variant had it
+(same preset fields but the branches' for the seed, but the generalist's for the experts; same training
+seed; for the generalist also the same matched tokens) is trained once and reused: training is deterministic on CPU, so it would come out the same. Writes
 ``benchmarks/results/train_recipes-<date>-<preset>.json`` (or ``--out``) after every scored row, with
 ``"complete": false`` until the last, so a run stopped part-way keeps what it measured.
 """
@@ -81,8 +81,9 @@ def apply_changes(preset: Any, changes: dict[str, Any], seed: int) -> Any:
 
 
 # preset fields a model does not depend on: it is reused across variants that differ only in these
-NOT_SEED = {"speed", "branch_phase", "branch_trunk", "generalist_learning_rate", "generalist_warmup_steps",
-            "generalist_decay", "parameter_matched_generalist"}
+NOT_EXPERTS = {"speed", "generalist_learning_rate", "generalist_warmup_steps", "generalist_decay",
+               "parameter_matched_generalist"}
+NOT_SEED = NOT_EXPERTS | {"branch_phase", "branch_trunk"}
 NOT_GENERALIST = {"speed", "branch_phase", "branch_trunk"}
 
 
@@ -92,20 +93,26 @@ def reuse_key(preset: Any, ignored: set[str], **extra: Any) -> str:
     return hash_json({"preset": preset.model_dump(mode="json", exclude=ignored), **extra})
 
 
-def reuse_or_train(cache: Path, key: str, setup: Any, name: str, train: Any) -> None:
-    """Train ``name`` in ``setup``'s workspace, or copy it from ``cache/key`` where a variant trained it."""
+def reuse_or_train(cache: Path, key: str, setup: Any, names: str | list[str], train: Any) -> None:
+    """Train the models ``names`` in ``setup``'s workspace, or copy them from ``cache/key`` where a variant trained them."""
     from moe_experts.workspace import MANIFEST, read_json, write_json_atomic
 
-    folder, kept = setup.workspace.model_dir(name), cache / key
+    names = [names] if isinstance(names, str) else names
+    kept = cache / key
     if kept.is_dir():
-        shutil.copytree(kept, folder)
-        manifest = read_json(folder / MANIFEST)
-        manifest["inputs"]["preset"] = setup.preset.fingerprint()  # the same weights, under this variant's preset
-        write_json_atomic(folder / MANIFEST, manifest)
-        logger.info("%s: the same recipe as a variant before, reusing its weights", name)
+        for name in names:
+            folder = setup.workspace.model_dir(name)
+            shutil.copytree(kept / name, folder)
+            manifest = read_json(folder / MANIFEST)
+            manifest["inputs"]["preset"] = setup.preset.fingerprint()  # the same weights, under this variant's preset
+            write_json_atomic(folder / MANIFEST, manifest)
+        logger.info("%s: the same recipe as a variant before, reusing its weights", ", ".join(names))
         return
     train()
-    shutil.copytree(folder, kept)
+    partial = cache / f".{key}.partial"
+    for name in names:
+        shutil.copytree(setup.workspace.model_dir(name), partial / name)
+    partial.rename(kept)  # the key exists only once every model is in it
 
 
 def main() -> None:
@@ -159,7 +166,9 @@ def main() -> None:
             setup = split_setup(base, scratch / f"recipe-{label}-{seed}", preset)
             reuse_or_train(cache, reuse_key(preset, NOT_SEED, model=SEED), setup, SEED,
                            lambda: train_seed(setup, TrainOptions()))
-            train_experts(setup, None, TrainOptions())
+            starters = [c.name for c in registry.starters]
+            reuse_or_train(cache, reuse_key(preset, NOT_EXPERTS, model="experts"), setup, starters,
+                           lambda: train_experts(setup, None, TrainOptions()))
             branches = [read_json(setup.workspace.model_dir(n) / MANIFEST)
                         for n in [SEED] + [c.name for c in registry.starters]]
             reuse_or_train(cache, reuse_key(preset, NOT_GENERALIST, model=GENERALIST, tokens=consumed(branches)),

@@ -7,7 +7,8 @@ import argparse
 import pytest
 from pydantic import ValidationError
 
-from benchmarks.train_recipes import apply_changes, parse_variant, result_of
+from benchmarks.train_recipes import (NOT_EXPERTS, NOT_GENERALIST, NOT_SEED, apply_changes, parse_variant, result_of,
+                                      reuse_key)
 from moe_experts.config import load_preset
 
 
@@ -52,3 +53,23 @@ def test_a_partial_result_summarises_only_the_variants_it_has_rows_for():
     done = result_of(rows + [_row("glr2", 1, 0.97), _row("glr2", 2, 0.99)], variants, [1, 2], "tiny", "2026-12-01",
                      complete=True)
     assert done["complete"] is True and [s["variant"] for s in done["summary"]] == ["preset", "glr2"]
+
+
+def test_a_model_is_reused_only_across_variants_that_leave_its_recipe_alone():
+    tiny = load_preset("tiny")
+    base, generalist_only, branches, seed_lr, other_seed = (
+        apply_changes(tiny, changes, seed=s) for changes, s in [
+            ({}, 1), ({"generalist_learning_rate": 3e-3}, 1), ({"branch_phase.min_lr_ratio": 0.5}, 1),
+            ({"seed_phase.learning_rate": 3e-3}, 1), ({}, 2)])
+
+    def same(a, b, ignored):
+        return reuse_key(a, ignored, model="m") == reuse_key(b, ignored, model="m")
+
+    # the generalist's learning rate: seed and experts reused, generalist trained again
+    assert same(base, generalist_only, NOT_SEED) and same(base, generalist_only, NOT_EXPERTS)
+    assert not same(base, generalist_only, NOT_GENERALIST)
+    # the branches' decay: the seed reused, the experts trained again (the generalist by its tokens)
+    assert same(base, branches, NOT_SEED) and not same(base, branches, NOT_EXPERTS)
+    # the seed's learning rate, or another training seed: nothing reused
+    for changed in (seed_lr, other_seed):
+        assert not any(same(base, changed, ignored) for ignored in (NOT_SEED, NOT_EXPERTS, NOT_GENERALIST))
