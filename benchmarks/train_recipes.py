@@ -84,7 +84,9 @@ def apply_changes(preset: Any, changes: dict[str, Any], seed: int) -> Any:
 NOT_EXPERTS = {"speed", "generalist_learning_rate", "generalist_warmup_steps", "generalist_decay",
                "parameter_matched_generalist"}
 NOT_SEED = NOT_EXPERTS | {"branch_phase", "branch_trunk"}
-NOT_GENERALIST = {"speed", "branch_phase", "branch_trunk"}
+# the generalist's steps come from the tokens the seed and branches consumed (part of its key), and it takes the
+# seed phase's weight decay only (also in its key)
+NOT_GENERALIST = {"speed", "seed_phase", "branch_phase", "branch_trunk"}
 
 
 def reuse_key(preset: Any, ignored: set[str], **extra: Any) -> str:
@@ -171,7 +173,8 @@ def main() -> None:
                            lambda: train_experts(setup, None, TrainOptions()))
             branches = [read_json(setup.workspace.model_dir(n) / MANIFEST)
                         for n in [SEED] + [c.name for c in registry.starters]]
-            reuse_or_train(cache, reuse_key(preset, NOT_GENERALIST, model=GENERALIST, tokens=consumed(branches)),
+            reuse_or_train(cache, reuse_key(preset, NOT_GENERALIST, model=GENERALIST, tokens=consumed(branches),
+                                                weight_decay=preset.seed_phase.weight_decay),
                            setup, GENERALIST, lambda: train_generalists(setup, TrainOptions()))
             manifests = {n: read_json(setup.workspace.model_dir(n) / MANIFEST)
                          for n in [SEED, GENERALIST] + [c.name for c in registry.starters]}
