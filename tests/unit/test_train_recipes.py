@@ -59,8 +59,9 @@ def test_a_model_is_reused_only_across_variants_that_leave_its_recipe_alone():
     tiny = load_preset("tiny")
     base, generalist_only, branches, seed_lr, other_seed = (
         apply_changes(tiny, changes, seed=s) for changes, s in [
-            ({}, 1), ({"generalist_learning_rate": 3e-3}, 1), ({"branch_phase.min_lr_ratio": 0.5}, 1),
-            ({"seed_phase.learning_rate": 3e-3}, 1), ({}, 2)])
+            ({}, 1), ({"generalist_learning_rate": tiny.generalist_learning_rate / 2}, 1),
+            ({"branch_phase.min_lr_ratio": tiny.branch_phase.min_lr_ratio / 2}, 1),
+            ({"seed_phase.learning_rate": tiny.seed_phase.learning_rate / 2}, 1), ({}, 2)])
 
     def same(a, b, ignored):
         return reuse_key(a, ignored, model="m") == reuse_key(b, ignored, model="m")
