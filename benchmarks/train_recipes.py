@@ -19,9 +19,11 @@ spread over seeds.
 
 ``-w`` needs corpora and a tokenizer (``moe-experts data build`` and ``data tokenizer``); every variant and
 seed trains in its own folder under ``--scratch`` (default: beside it), removed after scoring unless
-``--keep``. A seed model, set of experts or generalist whose recipe a variant leaves as another variant had it
-(same preset fields but the branches' for the seed, but the generalist's for the experts; same training
-seed; for the generalist also the same matched tokens) is trained once and reused: training is deterministic on CPU, so it would come out the same. Writes
+``--keep``. A model that a variant would train exactly as an earlier variant did (same training seed) is
+trained once and reused: the seed model across variants that change only the branches' or the generalist's fields,
+the experts across those that change only the generalist's, the generalist across those that change only the
+seed's or the branches' schedule and leave the tokens it is matched to. Training is deterministic on CPU, so
+it would come out the same. Writes
 ``benchmarks/results/train_recipes-<date>-<preset>.json`` (or ``--out``) after every scored row, with
 ``"complete": false`` until the last, so a run stopped part-way keeps what it measured.
 """
@@ -96,7 +98,8 @@ def reuse_key(preset: Any, ignored: set[str], **extra: Any) -> str:
 
 
 def reuse_or_train(cache: Path, key: str, setup: Any, names: str | list[str], train: Any) -> None:
-    """Train the models ``names`` in ``setup``'s workspace, or copy them from ``cache/key`` where a variant trained them."""
+    """Train the models ``names`` in ``setup``'s workspace, or copy them from ``cache/key``, where a variant
+    trained them."""
     from moe_experts.workspace import MANIFEST, read_json, write_json_atomic
 
     names = [names] if isinstance(names, str) else names
