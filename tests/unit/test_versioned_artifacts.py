@@ -104,3 +104,25 @@ def test_a_corrupted_pointer_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="CURRENT is corrupted") as refused:
         live_dir(folder, hint="retrain it")
     assert refused.value.hint == "retrain it"
+
+
+def test_any_error_while_a_new_version_goes_live_is_read_again_from_it(tmp_path):
+    folder = tmp_path / "art"
+    _publish(folder, "v1")
+    calls: list[str] = []
+
+    def read(live: Path) -> str:
+        calls.append(_read(live))
+        if len(calls) == 1:  # a save publishes (and prunes) while this reader is half-way, and the library fails
+            for n in range(KEEP_VERSIONS + 1):
+                _publish(folder, f"v{n + 2}")
+            raise TypeError("expected str, bytes or os.PathLike object, not NoneType")
+        return calls[-1]
+
+    assert read_live(folder, read, what="it", hint="h") == f"v{KEEP_VERSIONS + 2}" and len(calls) == 2
+
+    def broken(live: Path) -> str:  # the same error with no new version: a real bug, raised as it is
+        raise TypeError("a real bug")
+
+    with pytest.raises(TypeError, match="a real bug"):
+        read_live(folder, broken, what="it", hint="h")
