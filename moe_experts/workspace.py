@@ -312,13 +312,11 @@ def read_live(folder: Path, read: Callable[[Path], T], *, what: str, hint: str) 
         try:
             return read(live)
         except Exception as exc:
-            # any failure while a newer version went live: the files may have been pruned mid-read, and a
-            # library reading them then fails with whatever error it meets (transformers once gave a TypeError
-            # for a file path it could no longer resolve), so read the new version
+            # any failure while a newer version went live: its files may have been pruned mid-read, and the
+            # library reading them fails with whatever error it meets (a clean-clone run once saw a TypeError
+            # there), so read the new version; with no new version, the error is raised as it is
             if attempt < LOAD_ATTEMPTS - 1 and live_dir(folder, hint=hint) != live:
                 continue
-            if not isinstance(exc, (CheckpointError, MissingArtifactError, OSError)):
-                raise
             if isinstance(exc, OSError):  # a file vanished or became unreadable between two reads
                 raise CheckpointError(f"cannot read {what} in {live}: {exc}", hint=hint) from exc
             raise
