@@ -23,7 +23,8 @@ seed trains in its own folder under ``--scratch`` (default: beside it), removed 
 trained once and reused: the seed model across variants that change only the branches' or the generalist's fields,
 the experts across those that change only the generalist's, the generalist across those that change only the
 seed's or the branches' schedule and leave the tokens it is matched to. Training is deterministic on CPU, so
-it would come out the same. Writes
+it would come out the same. ``--cache DIR`` keeps those models across runs, so a later run's preset rows cost
+only their scoring (for the same workspace data; clear it after changing the training code). Writes
 ``benchmarks/results/train_recipes-<date>-<preset>.json`` (or ``--out``) after every scored row, with
 ``"complete": false`` until the last, so a run stopped part-way keeps what it measured.
 """
@@ -120,6 +121,27 @@ def reuse_or_train(cache: Path, key: str, setup: Any, names: str | list[str], tr
     partial.rename(kept)  # the key exists only once every model is in it
 
 
+CACHE_DATA = "DATA.json"
+
+
+def open_cache(cache: Path, data: dict[str, str], keep: bool) -> None:
+    """Make ``cache`` ready: emptied unless ``keep``; a kept one must hold models of the same ``data`` (the
+    workspace's corpus and tokenizer hashes: the keys hold the recipe alone)."""
+    from moe_experts.workspace import read_json, write_json_atomic
+
+    if not keep and cache.exists():
+        shutil.rmtree(cache)
+    marker = cache / CACHE_DATA
+    if marker.exists() and read_json(marker) != data:
+        raise ValueError(f"{cache} holds models trained on other corpora or another tokenizer "
+                         f"({read_json(marker)}, not {data}): remove it or name another --cache")
+    if not marker.exists() and cache.exists() and any(cache.iterdir()):
+        raise ValueError(f"{cache} is not a train_recipes cache (it has files but no {CACHE_DATA}): "
+                         "remove it or name another --cache")
+    cache.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, data)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-w", "--workspace", type=Path, required=True, help="a workspace with corpora and a tokenizer")
@@ -130,6 +152,10 @@ def main() -> None:
     ap.add_argument("--cards", type=Path, default=Path("experts"))
     ap.add_argument("--scratch", type=Path, default=None, help="where the variants train [beside -w]")
     ap.add_argument("--keep", action="store_true", help="keep each variant's workspace")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="keep the trained models here across runs, and reuse those of earlier runs on the same "
+                         "workspace data [a fresh folder under --scratch, removed at the end]; clear it after a "
+                         "change to the training code: a model is known by its recipe, not by the code")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -145,7 +171,8 @@ def main() -> None:
     from moe_experts.data.tokenizer import load_tokenizer
     from moe_experts.modeling.generalist import train_generalists
     from moe_experts.modeling.sanity import eval_documents
-    from moe_experts.modeling.stages import GENERALIST, SEED, Setup, TrainOptions, train_experts, train_seed
+    from moe_experts.modeling.stages import (GENERALIST, SEED, Setup, TrainOptions, data_inputs, train_experts,
+                                              train_seed)
     from moe_experts.workspace import MANIFEST, Workspace, read_json, write_json_atomic
     from benchmarks.validation import Bench
 
@@ -157,9 +184,13 @@ def main() -> None:
     tokenizer = load_tokenizer(base.workspace.tokenizer_dir)
     bench = Bench(base, {d: eval_documents(base, d, tokenizer) for d in registry.domains})
     scratch = args.scratch or args.workspace.parent
-    cache = scratch / "recipe-cache"
-    if cache.exists():
-        shutil.rmtree(cache)
+    cache = args.cache or scratch / "recipe-cache"
+    data = data_inputs(base)
+    try:
+        open_cache(cache, {"corpus_hash": data.corpus_hash, "tokenizer_hash": data.tokenizer_hash},
+                   keep=args.cache is not None)
+    except ValueError as e:
+        ap.error(str(e))
 
     started_on = dt.date.today().isoformat()
     stem = f"train_recipes-{started_on}-{base_preset.name}"
@@ -204,7 +235,7 @@ def main() -> None:
             # every row on disk as soon as it is scored: a run stopped part-way keeps what it measured
             write_json_atomic(out, result_of(rows, variants, seeds, base_preset.name, started_on, complete=False))
 
-    if not args.keep:
+    if not args.keep and args.cache is None:
         shutil.rmtree(cache, ignore_errors=True)
     result = result_of(rows, variants, seeds, base_preset.name, started_on, complete=True)
     write_result(result, out, stem, shown={})

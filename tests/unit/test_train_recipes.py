@@ -76,3 +76,25 @@ def test_a_model_is_reused_only_across_variants_that_leave_its_recipe_alone():
     assert same(base, seed_lr, NOT_GENERALIST)
     # another training seed: nothing reused
     assert not any(same(base, other_seed, ignored) for ignored in (NOT_SEED, NOT_EXPERTS, NOT_GENERALIST))
+
+
+def test_a_kept_cache_is_reused_only_for_the_same_data(tmp_path):
+    from benchmarks.train_recipes import CACHE_DATA, open_cache
+
+    data = {"corpus_hash": "c1", "tokenizer_hash": "t1"}
+    cache = tmp_path / "cache"
+    open_cache(cache, data, keep=True)
+    (cache / "key1").mkdir()
+    open_cache(cache, data, keep=True)  # the same data: what an earlier run trained stays
+    assert (cache / "key1").is_dir()
+    with pytest.raises(ValueError, match="other corpora or another tokenizer"):
+        open_cache(cache, {**data, "tokenizer_hash": "t2"}, keep=True)
+    assert (cache / "key1").is_dir()  # refused, and nothing removed
+    open_cache(cache, {**data, "tokenizer_hash": "t2"}, keep=False)  # a run's own cache starts empty
+    assert sorted(p.name for p in cache.iterdir()) == [CACHE_DATA]
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a train_recipes cache"):
+        open_cache(stranger, data, keep=True)
+    assert (stranger / "notes.txt").exists()
