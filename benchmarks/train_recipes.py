@@ -116,6 +116,7 @@ def reuse_or_train(cache: Path, key: str, setup: Any, names: str | list[str], tr
         return
     train()
     partial = cache / f".{key}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by a run stopped mid-copy (a kept --cache outlives it)
     for name in names:
         shutil.copytree(setup.workspace.model_dir(name), partial / name)
     partial.rename(kept)  # the key exists only once every model is in it
@@ -132,9 +133,9 @@ def open_cache(cache: Path, data: dict[str, str], keep: bool) -> None:
     if not keep and cache.exists():
         shutil.rmtree(cache)
     marker = cache / CACHE_DATA
-    if marker.exists() and read_json(marker) != data:
+    if marker.exists() and (held := read_json(marker)) != data:
         raise ValueError(f"{cache} holds models trained on other corpora or another tokenizer "
-                         f"({read_json(marker)}, not {data}): remove it or name another --cache")
+                         f"({held}, not {data}): remove it or name another --cache")
     if not marker.exists() and cache.exists() and any(cache.iterdir()):
         raise ValueError(f"{cache} is not a train_recipes cache (it has files but no {CACHE_DATA}): "
                          "remove it or name another --cache")

@@ -98,3 +98,23 @@ def test_a_kept_cache_is_reused_only_for_the_same_data(tmp_path):
     with pytest.raises(ValueError, match="not a train_recipes cache"):
         open_cache(stranger, data, keep=True)
     assert (stranger / "notes.txt").exists()
+
+
+def test_a_copy_left_half_written_by_a_stopped_run_is_replaced(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.train_recipes import reuse_or_train
+
+    models = tmp_path / "ws"
+    setup = SimpleNamespace(workspace=SimpleNamespace(model_dir=lambda name: models / name))
+    cache = tmp_path / "cache"
+    (cache / ".k1.partial" / "seed").mkdir(parents=True)  # a kept cache, after a run was stopped mid-copy
+    (cache / ".k1.partial" / "seed" / "half.bin").write_text("x")
+
+    def train():
+        (models / "seed").mkdir(parents=True)
+        (models / "seed" / "model.safetensors").write_text("weights")
+
+    reuse_or_train(cache, "k1", setup, "seed", train)
+    assert sorted(p.name for p in (cache / "k1" / "seed").iterdir()) == ["model.safetensors"]
+    assert not (cache / ".k1.partial").exists()
