@@ -14,8 +14,9 @@ STAMP := $(VENV)/.installed
 demo: install system-deps
 	$(BIN)/moe-experts --preset $(PRESET) quickstart
 
+# --durations: the slowest tests in every run's log (CI's too), where the suite's time goes
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: demo
 	$(BIN)/python benchmarks/faiss_search.py
