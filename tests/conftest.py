@@ -8,8 +8,11 @@ the suite never depends on Debian packages being installed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,68 @@ os.environ.setdefault("MOE_EXPERTS_NO_PROGRESS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliRun:
+    """What a command printed and returned, shaped like ``subprocess.CompletedProcess``."""
+
+    args: list[str]
+    returncode: int
+    stdout: str | bytes
+    stderr: str | bytes
+
+
+def run_cli_in_process(*args: str, env: dict[str, str] | None = None, stdin: str | bytes | None = None,
+                       cwd: Path | None = None, text: bool = True) -> CliRun:
+    """``moe-experts ARGS`` through its real entry point (``moe_experts.cli.app.main``), in this process.
+
+    The same ``main()`` a console script calls: its exit codes, its error messages, stdout and stderr apart.
+    A subprocess pays 5-10 s of imports (torch, transformers, sentence-transformers) per command on 2 cores;
+    this pays them once per session. What a command leaves in the process is put back afterwards: the
+    ``moe_experts`` logger (its handlers point at this call's stderr), ``os.environ``, the working directory
+    and ``sys.argv``. An uncaught exception is a traceback on stderr and exit status 1, and Python warnings are
+    printed to stderr once each, as from a process. Tests of the process itself (imports, offline switches,
+    torchrun, signals, what third-party loggers print) start a subprocess instead.
+    """
+    import traceback
+    import warnings
+
+    from click.testing import CliRunner
+
+    from moe_experts.cli.app import main
+
+    logger = logging.getLogger("moe_experts")
+    saved_logger = (list(logger.handlers), logger.level, logger.propagate)
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    code = 0
+    with (CliRunner().isolation(input=stdin, env={"MOE_EXPERTS_NO_PROGRESS": "1", **(env or {})}) as (out, err, _),
+          warnings.catch_warnings(record=True) as caught):
+        warnings.simplefilter("default")
+        try:
+            os.chdir(cwd or REPO)
+            sys.argv = ["moe-experts", *args]
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:  # noqa: BLE001 - what an uncaught exception does to a process
+            sys.stderr.write(traceback.format_exc())
+            code = 1
+        finally:
+            for w in caught:
+                sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+            sys.stdout.flush()
+            sys.stderr.flush()
+            stdout, stderr = out.getvalue(), err.getvalue()
+            sys.argv = saved_argv
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+            logger.handlers[:], logger.level, logger.propagate = saved_logger
+    if text:
+        return CliRun(list(args), code, stdout.decode(), stderr.decode("utf-8", "backslashreplace"))
+    return CliRun(list(args), code, stdout, stderr)
+
 
 _NOUNS = "river city garden teacher window mountain letter morning song harbor forest bridge kitchen market lantern".split()
 _VERBS = "walked watched painted carried followed visited crossed remembered opened described".split()

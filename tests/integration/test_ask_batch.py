@@ -257,7 +257,9 @@ def test_a_batch_of_valid_lines_exits_0_with_line_numbers_as_default_ids(routed,
 
 def test_top_k_mixture_uses_the_current_cache_api(routed):
     setup, _, _ = routed
-    out = ask_cli(setup, "--text", PROMPTS["medicine"], "--top-k", "2", "--json", "--max-new-tokens", "4")
+    # a process of its own: transformers' own logger prints its deprecations to the stderr it found at import
+    out = ask_cli(setup, "--text", PROMPTS["medicine"], "--top-k", "2", "--json", "--max-new-tokens", "4",
+                  fresh_process=True)
     err = out.stderr.decode()
     assert out.returncode == 0, err
     assert len(json.loads(out.stdout)["experts"]) == 2

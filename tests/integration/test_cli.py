@@ -12,14 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, write_test_cards
+from tests.conftest import REPO, run_cli_in_process, write_test_cards
 
 
 # the router learns from a small sample here: embedding is the slow part on CPU
 SMALL_RECIPE = {"max_train_documents_per_domain": 40, "max_val_documents_per_domain": 16}
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, fresh_process: bool = False):
+    """``moe-experts ARGS``: through ``main()`` in this process, or in a ``python -m moe_experts`` of its own."""
+    if not fresh_process:
+        return run_cli_in_process(*args, cwd=cwd, env=env)
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "moe_experts", *args],
@@ -34,9 +37,24 @@ def cli_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     cards = write_test_cards(root / "cards")
     ws = root / "ws"
     (root / "doc.yaml").write_text(yaml.safe_dump(SMALL_RECIPE))
-    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart", "--recipe", str(root / "doc.yaml"))
+    # the one command of the suite that runs as users run it: a process of its own, from the console entry point
+    result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart", "--recipe", str(root / "doc.yaml"),
+                     fresh_process=True)
     assert result.returncode == 0, result.stderr
     return cards, ws
+
+
+def test_the_in_process_runner_answers_as_a_process_does(tmp_path: Path):
+    """Most CLI tests run ``main()`` in the test process (``run_cli``); here it and ``python -m moe_experts`` agree."""
+    args = ("--preset", "micro", "-w", str(tmp_path / "missing"), "ask", "--text", "hello")
+    inside, outside = run_cli(*args), run_cli(*args, fresh_process=True)
+    assert inside.returncode == outside.returncode == 4
+    assert inside.stderr == outside.stderr and f"no workspace at {tmp_path / 'missing'}" in inside.stderr
+    assert inside.stdout == outside.stdout == ""
+    crashed = run_cli("cards", "list", env={"MOE_EXPERTS_CARDS": str(tmp_path / "no-such-folder")})
+    plain = run_cli("cards", "list", env={"MOE_EXPERTS_CARDS": str(tmp_path / "no-such-folder")}, fresh_process=True)
+    assert crashed.returncode == plain.returncode != 0 and crashed.stderr == plain.stderr
+    assert os.environ.get("MOE_EXPERTS_CARDS") is None  # the command's environment ended with it
 
 
 def test_help_is_light():

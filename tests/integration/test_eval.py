@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from moe_experts.errors import ConfigError, DataError
-from tests.conftest import REPO
+from tests.conftest import run_cli_in_process
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def eval_cli(setup, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "moe_experts", "--preset", "micro", "--cards", setup.registry.source_dir,
-           "-w", str(setup.workspace.root), "eval", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+def eval_cli(setup, *args: str):
+    """``moe-experts eval ARGS`` on the module's workspace, through ``main()`` in this process."""
+    return run_cli_in_process("--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(setup.workspace.root),
+                              "eval", *args)
 
 
 @pytest.fixture(scope="module")
