@@ -7,16 +7,14 @@ checked is refused before any router or expert loads.
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from moe_experts.errors import RequestError
 from moe_experts.inference.ask import Request, RejectedRequest, check_request, read_request_lines
+from tests.conftest import run_cli_in_process
 from tests.integration.test_cli import run_cli
 from tests.integration.test_router import PROMPTS, ask_cli
 
@@ -125,8 +123,8 @@ def light_workspace(cards_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture
-def no_loading(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fail the test if any checkpoint, expert or router loads; keep the CLI's logging setup to this test."""
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any checkpoint, expert or router loads."""
     from moe_experts.routing.doc_router import DocRouter
 
     def forbidden(*args, **kwargs):
@@ -135,28 +133,13 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for target in LOADERS:
         monkeypatch.setattr(target, forbidden)
     monkeypatch.setattr(DocRouter, "load", classmethod(forbidden))
-    for name in ("TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.delenv(name, raising=False)  # restored afterwards; the CLI sets defaults for them
-    log = logging.getLogger("moe_experts")
-    handlers, level, propagate = list(log.handlers), log.level, log.propagate
-    yield
-    log.handlers[:] = handlers  # the CLI points the package's logging at this test's captured stderr
-    log.setLevel(level)
-    log.propagate = propagate
 
 
-def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, workspace: tuple[Path, Path],
-          *args: str) -> tuple[int, str, str]:
+def _main(workspace: tuple[Path, Path], *args: str) -> tuple[int, str, str]:
     """The real entry point in this process (so that the loaders can be spied on): exit code, stdout, stderr."""
-    from moe_experts.cli.app import main
-
     cards, ws = workspace
-    monkeypatch.setattr(sys, "argv", ["moe-experts", "--preset", "micro", "--cards", str(cards), "-w", str(ws),
-                                      "ask", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out = capsys.readouterr()
-    return exited.value.code, out.out, out.err
+    out = run_cli_in_process("--preset", "micro", "--cards", str(cards), "-w", str(ws), "ask", *args)
+    return out.returncode, out.stdout, out.stderr
 
 
 @pytest.mark.parametrize(
@@ -174,17 +157,16 @@ def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, worksp
         (["--router", "token", "--layer", "2"], "--layer must be between 0 and 1 (the MoE has 2 layers)"),
     ],
 )
-def test_flags_are_refused_before_any_model_loads(light_workspace, no_loading, monkeypatch, capsys, args, message):
-    code, out, err = _main(monkeypatch, capsys, light_workspace, "--text", "hello", *args)
+def test_flags_are_refused_before_any_model_loads(light_workspace, no_loading, args, message):
+    code, out, err = _main(light_workspace, "--text", "hello", *args)
     assert code == 2, err
     assert message in err and out == ""
 
 
-def test_a_file_with_no_valid_line_prints_every_error_and_loads_nothing(light_workspace, no_loading, monkeypatch,
-                                                                       capsys, tmp_path):
+def test_a_file_with_no_valid_line_prints_every_error_and_loads_nothing(light_workspace, no_loading, tmp_path):
     prompts = tmp_path / "bad.jsonl"
     prompts.write_bytes(_jsonl(b"nope", {"id": 1, "text": "x"}, {"id": "a"}, {"id": "b", "text": "x" * 50}))
-    code, out, err = _main(monkeypatch, capsys, light_workspace, "--file", str(prompts), "--json", "--max-bytes", "10")
+    code, out, err = _main(light_workspace, "--file", str(prompts), "--json", "--max-bytes", "10")
     assert code == 2
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["id"], r["line"], r["error"]["type"]) for r in rows] == [
