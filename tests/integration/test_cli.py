@@ -37,7 +37,7 @@ def cli_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     cards = write_test_cards(root / "cards")
     ws = root / "ws"
     (root / "doc.yaml").write_text(yaml.safe_dump(SMALL_RECIPE))
-    # the one command of the suite that runs as users run it: a process of its own, from the console entry point
+    # the quickstart as users run it: a process of its own (most other CLI tests call main() in this one)
     result = run_cli("--preset", "micro", "--cards", str(cards), "-w", str(ws), "quickstart", "--recipe", str(root / "doc.yaml"),
                      fresh_process=True)
     assert result.returncode == 0, result.stderr
@@ -51,9 +51,9 @@ def test_the_in_process_runner_answers_as_a_process_does(tmp_path: Path):
     assert inside.returncode == outside.returncode == 4
     assert inside.stderr == outside.stderr and f"no workspace at {tmp_path / 'missing'}" in inside.stderr
     assert inside.stdout == outside.stdout == ""
-    crashed = run_cli("cards", "list", env={"MOE_EXPERTS_CARDS": str(tmp_path / "no-such-folder")})
+    refused = run_cli("cards", "list", env={"MOE_EXPERTS_CARDS": str(tmp_path / "no-such-folder")})
     plain = run_cli("cards", "list", env={"MOE_EXPERTS_CARDS": str(tmp_path / "no-such-folder")}, fresh_process=True)
-    assert crashed.returncode == plain.returncode != 0 and crashed.stderr == plain.stderr
+    assert refused.returncode == plain.returncode != 0 and refused.stderr == plain.stderr
     assert os.environ.get("MOE_EXPERTS_CARDS") is None  # the command's environment ended with it
 
 
