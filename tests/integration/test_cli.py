@@ -19,14 +19,19 @@ from tests.conftest import REPO, run_cli_in_process, write_test_cards
 SMALL_RECIPE = {"max_train_documents_per_domain": 40, "max_val_documents_per_domain": 16}
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, fresh_process: bool = False):
-    """``moe-experts ARGS``: through ``main()`` in this process, or in a ``python -m moe_experts`` of its own."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, stdin: str | bytes | None = None,
+            text: bool = True, fresh_process: bool = False):
+    """``moe-experts ARGS``: through ``main()`` in this process, or in a ``python -m moe_experts`` of its own.
+
+    ``text=False`` gives stdout and stderr as bytes, as a pipe does.
+    """
     if not fresh_process:
-        return run_cli_in_process(*args, cwd=cwd, env=env)
+        return run_cli_in_process(*args, cwd=cwd, env=env, stdin=stdin, text=text)
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1", **(env or {})}
+    data = stdin.encode() if isinstance(stdin, str) and not text else stdin
     return subprocess.run(
-        [sys.executable, "-m", "moe_experts", *args],
-        capture_output=True, text=True, cwd=cwd or REPO, env=full_env, timeout=600,
+        [sys.executable, "-m", "moe_experts", *args], input=data,
+        capture_output=True, text=text, cwd=cwd or REPO, env=full_env, timeout=600,
     )
 
 

@@ -15,7 +15,7 @@ from moe_experts.config import load_registry
 from moe_experts.recipes import DocRouterRecipe, load_recipe
 from moe_experts.errors import MissingArtifactError, StaleArtifactError
 from moe_experts.routing.doc_router import DocRouter, live_dir, router_dir
-from tests.conftest import REPO, run_cli_in_process
+from tests.conftest import REPO
 from tests.integration.test_cli import run_cli
 
 PROMPTS = {
@@ -27,21 +27,10 @@ PROMPTS = {
 
 
 def ask_cli(setup, *args: str, stdin: str | bytes | None = None, fresh_process: bool = False):
-    """``moe-experts ask ARGS`` on the module's workspace; bytes out, as a pipe gives.
-
-    Through ``main()`` in this process, or ``python -m moe_experts`` in one of its own (``fresh_process``).
-    """
+    """``moe-experts ask ARGS`` on the module's workspace (see ``run_cli``); bytes out, as a pipe gives."""
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    args = ("--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(setup.workspace.root), "ask", *args)
-    if not fresh_process:
-        return run_cli_in_process(*args, stdin=data, text=False)
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MOE_EXPERTS_NO_PROGRESS": "1"}
-    return subprocess.run([sys.executable, "-m", "moe_experts", *args], input=data, capture_output=True, cwd=REPO,
-                          env=env, timeout=300)
+    return run_cli("--preset", "micro", "--cards", setup.registry.source_dir, "-w", str(setup.workspace.root), "ask",
+                   *args, stdin=data, text=False, fresh_process=fresh_process)
 
 
 def test_shipped_recipe_validates():
