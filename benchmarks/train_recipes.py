@@ -95,7 +95,11 @@ NOT_GENERALIST = {"speed", "seed_phase", "branch_phase", "branch_trunk"}
 def reuse_key(preset: Any, ignored: set[str], **extra: Any) -> str:
     from moe_experts.config import hash_json
 
-    return hash_json({"preset": preset.model_dump(mode="json", exclude=ignored), **extra})
+    data = preset.model_dump(mode="json", exclude=ignored)
+    for phase in ("seed_phase", "branch_phase"):  # unset, as before the field existed: earlier keys stay valid
+        if phase in data and data[phase].get("budget_scale") is None:
+            data[phase].pop("budget_scale", None)
+    return hash_json({"preset": data, **extra})
 
 
 def reuse_or_train(cache: Path, key: str, setup: Any, names: str | list[str], train: Any) -> None:

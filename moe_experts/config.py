@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,11 +294,13 @@ class Budget:
     planned_steps: int  # before the repeats cap
     capped: bool  # the cap on repeats of the smallest domain cut the budget
     epochs: dict[str, float]  # domain -> passes over its train tokens at ``steps``
+    scale: float = 1.0  # the phase's budget_scale for this (one) domain
 
     def describe(self) -> str:
         passes = ", ".join(f"{d} {e:.2f}" for d, e in self.epochs.items())
         cap = f" (capped from {self.planned_steps} by max_epochs)" if self.capped else ""
-        return f"{self.steps} steps{cap}; epochs per domain: {passes}"
+        scaled = f", {self.scale:g}x the phase's budget" if self.scale != 1.0 else ""
+        return f"{self.steps} steps{cap}{scaled}; epochs per domain: {passes}"
 
 
 class PhaseConfig(_Schedule):
@@ -323,6 +326,10 @@ class PhaseConfig(_Schedule):
     epochs: float | None = Field(default=None, gt=0.0, description="Budget in passes over the phase's train tokens.")
     max_epochs: float | None = Field(
         default=None, gt=0.0, description="Cap on the passes over any one domain's train tokens.")
+    budget_scale: dict[str, float] | None = Field(
+        default=None, description="For a phase that trains one domain at a time (the branches): that domain's "
+        "budget as a multiple of the phase's, e.g. {code: 1.333, general: 0.667}; a domain not named keeps 1. "
+        "The compute-matched generalist follows, since it is matched to the tokens the branches consumed.")
 
     @model_validator(mode="after")
     def _check(self) -> PhaseConfig:
@@ -331,6 +338,11 @@ class PhaseConfig(_Schedule):
             raise ValueError(f"set exactly one budget of steps, tokens or epochs (got {', '.join(given) or 'none'})")
         if self.steps is not None and self.warmup_steps >= self.steps:
             raise ValueError("warmup_steps must be smaller than steps")
+        for domain, scale in (self.budget_scale or {}).items():
+            if not re.match(NAME_PATTERN, domain):
+                raise ValueError(f"budget_scale: '{domain}' is not a domain name (lowercase letters, digits, - and _)")
+            if not (isinstance(scale, int | float) and 0.0 < scale <= 100.0):
+                raise ValueError(f"budget_scale: {domain}'s scale must be a number above 0 and at most 100, not {scale!r}")
         return self
 
     def resolve(self, tokens_per_step: int, domain_tokens: Mapping[str, int]) -> Budget:
@@ -345,6 +357,13 @@ class PhaseConfig(_Schedule):
         else:
             assert self.epochs is not None
             planned = math.ceil(self.epochs * sum(domain_tokens.values()) / tokens_per_step)
+        scale = 1.0
+        if self.budget_scale:
+            if n != 1:
+                raise ValueError("budget_scale is for a phase that trains one domain at a time (the branches), "
+                                 f"not a mixture of {n}")
+            scale = float(self.budget_scale.get(next(iter(domain_tokens)), 1.0))
+            planned = max(1, round(planned * scale))
         steps = planned
         if self.max_epochs is not None:
             # uniform mixture: the smallest domain is the one repeated most
@@ -353,7 +372,8 @@ class PhaseConfig(_Schedule):
         # a budget cut short (or resolved small) keeps its warmup a small share of the run
         warmup = self.warmup_steps if self.warmup_steps < max(steps // 2, 1) else steps // 10
         epochs = {d: steps * tokens_per_step / n / t for d, t in domain_tokens.items()}
-        return Budget(steps=steps, warmup_steps=warmup, planned_steps=planned, capped=steps < planned, epochs=epochs)
+        return Budget(steps=steps, warmup_steps=warmup, planned_steps=planned, capped=steps < planned, epochs=epochs,
+                      scale=scale)
 
 
 class ValidationConfig(StrictModel):
@@ -460,7 +480,17 @@ class Preset(StrictModel):
         data = self.model_dump(mode="json", exclude={"speed"})
         if data.get("generalist_decay") is None:
             data.pop("generalist_decay", None)
+        for phase in ("seed_phase", "branch_phase"):
+            if data[phase].get("budget_scale") is None:
+                data[phase].pop("budget_scale", None)
         return hash_json(data)
+
+    @model_validator(mode="after")
+    def _seed_is_one_mixture(self) -> Preset:
+        if self.seed_phase.budget_scale:
+            raise ValueError("seed_phase.budget_scale: the seed trains on the mixture of every domain at once; "
+                             "a per-domain budget belongs in branch_phase.budget_scale")
+        return self
 
     @model_validator(mode="after")
     def _micro_batch_divides(self) -> Preset:

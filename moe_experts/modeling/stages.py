@@ -212,6 +212,7 @@ def _train_and_save(
         **vars(result), **run.model_dump(exclude={"steps", "tokens", "epochs", "max_epochs"}),
         "budget": {**phase.model_dump(include={"steps", "tokens", "epochs", "max_epochs"}, exclude_none=True),
                    "planned_steps": budget.planned_steps, "resolved_steps": budget.steps, "capped": budget.capped,
+                   "scale": budget.scale,
                    "epochs_per_domain": {d: round(e, 4) for d, e in budget.epochs.items()}},
         "validation": validation.state.to_json() if validation is not None else None,
         "kept_step": kept_step,
@@ -277,6 +278,10 @@ def train_experts(
     ``speed.parallel_branches``); the results are the same models, in card order.
     """
     cards = setup.registry.select(domains)
+    unknown = sorted(set(setup.preset.branch_phase.budget_scale or {}) - {c.domain for c in setup.registry.cards})
+    if unknown:  # a warning, not an error: a shipped preset may name a starter domain whose card was removed
+        logger.warning("preset %s: branch_phase.budget_scale names %s, which no card declares; those scales are unused "
+                       "(check the spelling against the cards' domains)", setup.preset.name, ", ".join(unknown))
     data = data_inputs(setup)
     seed_dir = setup.workspace.model_dir(SEED)
     seed_manifest = verify_checkpoint(seed_dir) if (seed_dir / MANIFEST).exists() else None

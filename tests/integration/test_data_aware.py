@@ -54,6 +54,26 @@ def test_repeats_of_a_small_domain_are_capped(trained_setup, tmp_path):
     assert 0.45 < law["budget"]["epochs_per_domain"]["law"] <= 0.5
 
 
+def test_a_domain_scaled_branch_trains_its_share_and_the_generalist_follows(trained_setup, tmp_path, caplog):
+    """budget_scale gives code twice the branch steps and general half; an unknown domain is warned about."""
+    branch = trained_setup.preset.branch_phase.model_copy(update={"budget_scale": {"code": 2.0, "general": 0.5,
+                                                                                   "cooking": 3.0}})
+    setup = _copy(trained_setup, tmp_path, "scaled", branch_phase=branch,
+                  validation=ValidationConfig(every_steps=2, patience=None, tokens_per_domain=256))
+    steps = trained_setup.preset.branch_phase.steps
+    with caplog.at_level("WARNING", logger="moe_experts"):
+        built = {b.name: b.manifest["training"] for b in train_experts(setup, ["code", "general", "law"],
+                                                                        TrainOptions(force=True))}
+    assert "budget_scale names cooking, which no card declares" in caplog.text
+    assert (built["code"]["steps"], built["general"]["steps"], built["law"]["steps"]) == (2 * steps, steps // 2, steps)
+    assert (built["code"]["budget"]["scale"], built["law"]["budget"]["scale"]) == (2.0, 1.0)
+    train_experts(setup, ["medicine"], TrainOptions(force=True))
+    generalist = train_generalists(setup, TrainOptions(force=True))[0].manifest
+    consumed = {n: model_manifest(setup, n)["training"]["tokens"] for n in [SEED, *setup.registry.names]}
+    assert generalist["training"]["tokens"] == sum(consumed.values())
+    assert consumed["code"] == 4 * consumed["general"] == 2 * consumed["law"]
+
+
 def test_a_branch_is_never_saved_worse_than_its_seed(trained_setup, tmp_path):
     """A branch that only gets worse (learning rate 2.0 diverges) keeps the seed's weights, and stops early.
 

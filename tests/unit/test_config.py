@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from moe_experts.config import (
     PRESETS_DIR,
     ExpertCard,
+    hash_json,
     load_card,
     load_preset,
     load_registry,
@@ -177,6 +178,45 @@ def test_phase_budgets_resolve_against_the_data():
         PhaseConfig(steps=5, tokens=10, learning_rate=1e-3)
     with pytest.raises(ValidationError, match="exactly one budget"):
         PhaseConfig(learning_rate=1e-3)
+
+
+def test_a_branch_budget_scales_by_its_domain():
+    from moe_experts.config import PhaseConfig
+
+    phase = PhaseConfig(steps=150, warmup_steps=25, learning_rate=1e-3, budget_scale={"code": 4 / 3, "general": 2 / 3})
+    code, general, law = (phase.resolve(1_000, {d: 10**6}) for d in ("code", "general", "law"))
+    assert (code.steps, general.steps, law.steps) == (200, 100, 150)  # rounded, not 201 from 200.00000000000003
+    assert (code.scale, law.scale) == (4 / 3, 1.0) and "1.33333x the phase's budget" in code.describe()
+    assert code.warmup_steps == general.warmup_steps == 25
+    assert PhaseConfig(tokens=150_000, learning_rate=1e-3, budget_scale={"code": 2}).resolve(1_000, {"code": 10**6}).steps == 300
+    # the cap on repeats still binds after scaling
+    capped = PhaseConfig(steps=100, max_epochs=1, learning_rate=1e-3, budget_scale={"code": 3}).resolve(1_000, {"code": 200_000})
+    assert (capped.planned_steps, capped.steps, capped.capped) == (300, 200, True)
+    with pytest.raises(ValueError, match="one domain at a time"):
+        phase.resolve(1_000, {"code": 10**6, "law": 10**6})
+    for bad, message in (({"code": 0}, "above 0"), ({"Code": 1.0}, "not a domain name"), ({"code": 101}, "at most 100")):
+        with pytest.raises(ValidationError, match=message):
+            PhaseConfig(steps=10, learning_rate=1e-3, budget_scale=bad)
+
+
+def test_budget_scale_is_for_branches_and_in_the_fingerprint_only_when_set(tmp_path: Path):
+    tiny = load_preset("tiny")
+    data = tiny.model_dump(mode="json")
+    data["seed_phase"]["budget_scale"] = {"code": 2.0}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**data, "name": "bad"}))
+    with pytest.raises(ConfigError, match="seed_phase.budget_scale"):
+        load_preset(str(bad))
+    unset = tiny.model_copy(update={"branch_phase": tiny.branch_phase.model_copy(update={"budget_scale": None})})
+    scaled = tiny.model_copy(update={"branch_phase": tiny.branch_phase.model_copy(update={"budget_scale": {"code": 1.5}})})
+    assert unset.fingerprint() != scaled.fingerprint()
+    # a preset that sets no scale hashes as it did before the field existed: its models stay current
+    before = tiny.model_dump(mode="json", exclude={"speed"})
+    for phase in ("seed_phase", "branch_phase"):
+        before[phase].pop("budget_scale")
+    if before.get("generalist_decay") is None:
+        before.pop("generalist_decay", None)
+    assert unset.fingerprint() == hash_json(before)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "1-sqrt", "constant"])

@@ -76,6 +76,19 @@ def test_a_model_is_reused_only_across_variants_that_leave_its_recipe_alone():
     assert same(base, seed_lr, NOT_GENERALIST)
     # another training seed: nothing reused
     assert not any(same(base, other_seed, ignored) for ignored in (NOT_SEED, NOT_EXPERTS, NOT_GENERALIST))
+    # a domain's branch budget: the seed reused, the experts trained again (the generalist by its tokens)
+    scaled = apply_changes(tiny, {"branch_phase.budget_scale.code": 1.5}, seed=1)
+    assert scaled.branch_phase.budget_scale["code"] == 1.5 != (base.branch_phase.budget_scale or {}).get("code")
+    assert same(base, scaled, NOT_SEED) and not same(base, scaled, NOT_EXPERTS)
+
+
+def test_an_unset_budget_scale_keeps_the_keys_a_cache_was_filled_under():
+    from moe_experts.config import hash_json
+
+    base = apply_changes(load_preset("tiny"), {}, seed=1)
+    before = base.model_dump(mode="json", exclude=NOT_SEED)  # as the key was built before the field existed
+    before["seed_phase"].pop("budget_scale")
+    assert reuse_key(base, NOT_SEED, model="m") == hash_json({"preset": before, "model": "m"})
 
 
 def test_a_kept_cache_is_reused_only_for_the_same_data(tmp_path):
