@@ -112,9 +112,11 @@ def test_speed_is_not_part_of_the_fingerprint():
     assert other.fingerprint() == preset.fingerprint()
     # and a preset from before the speed section (and before generalist_decay, which it leaves unset) keeps the
     # fingerprint its workspaces recorded
-    assert preset.generalist_decay is None
-    assert preset.fingerprint() == hash_json({k: v for k, v in preset.model_dump(mode="json").items()
-                                              if k not in ("speed", "generalist_decay")})
+    # (nor does a phase's budget_scale left unset: tiny sets it on the branches only)
+    assert preset.generalist_decay is None and preset.seed_phase.budget_scale is None
+    before = {k: v for k, v in preset.model_dump(mode="json").items() if k not in ("speed", "generalist_decay")}
+    before["seed_phase"].pop("budget_scale")
+    assert preset.fingerprint() == hash_json(before)
     changed = preset.model_copy(update={"batch_size": 4})
     assert changed.fingerprint() != preset.fingerprint()
 
