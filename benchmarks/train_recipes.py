@@ -95,11 +95,7 @@ NOT_GENERALIST = {"speed", "seed_phase", "branch_phase", "branch_trunk"}
 def reuse_key(preset: Any, ignored: set[str], **extra: Any) -> str:
     from moe_experts.config import hash_json
 
-    data = preset.model_dump(mode="json", exclude=ignored)
-    for phase in ("seed_phase", "branch_phase"):  # unset, as before the field existed: earlier keys stay valid
-        if phase in data and data[phase].get("budget_scale") is None:
-            data[phase].pop("budget_scale", None)
-    return hash_json({"preset": data, **extra})
+    return hash_json({"preset": preset.recorded(exclude=ignored), **extra})
 
 
 def reuse_or_train(cache: Path, key: str, setup: Any, names: str | list[str], train: Any) -> None:

@@ -477,13 +477,18 @@ class Preset(StrictModel):
 
         Fields added after workspaces existed are left out at their neutral value (None), so an upgrade
         does not make every model trained before read as stale."""
-        data = self.model_dump(mode="json", exclude={"speed"})
+        return hash_json(self.recorded(exclude={"speed"}))
+
+    def recorded(self, exclude: set[str] = frozenset()) -> dict[str, Any]:
+        """The preset as JSON less ``exclude``, with fields added after workspaces existed left out where unset
+        (``generalist_decay``, a phase's ``budget_scale``): what hashes of a preset are taken over."""
+        data = self.model_dump(mode="json", exclude=set(exclude))
         if data.get("generalist_decay") is None:
             data.pop("generalist_decay", None)
         for phase in ("seed_phase", "branch_phase"):
-            if data[phase].get("budget_scale") is None:
+            if phase in data and data[phase].get("budget_scale") is None:
                 data[phase].pop("budget_scale", None)
-        return hash_json(data)
+        return data
 
     @model_validator(mode="after")
     def _seed_is_one_mixture(self) -> Preset:
