@@ -341,7 +341,7 @@ class PhaseConfig(_Schedule):
         for domain, scale in (self.budget_scale or {}).items():
             if not re.match(NAME_PATTERN, domain):
                 raise ValueError(f"budget_scale: '{domain}' is not a domain name (lowercase letters, digits, - and _)")
-            if not (isinstance(scale, int | float) and 0.0 < scale <= 100.0):
+            if not 0.0 < scale <= 100.0:  # pydantic has made it a float
                 raise ValueError(f"budget_scale: {domain}'s scale must be a number above 0 and at most 100, not {scale!r}")
         return self
 

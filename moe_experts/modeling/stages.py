@@ -266,6 +266,9 @@ def parallel_branch_workers(preset: Preset, branches: int) -> int:
     return min(branches, gpus if gpus > 1 else 4)
 
 
+_WARNED_SCALES: set[tuple[str, tuple[str, ...]]] = set()  # (preset, budget_scale domains no card declares)
+
+
 def train_experts(
     setup: Setup, domains: Sequence[str] | None = None, opts: TrainOptions = TrainOptions(),
     init: BranchInit | None = None, *, parallel: int | None = None,
@@ -279,7 +282,10 @@ def train_experts(
     """
     cards = setup.registry.select(domains)
     unknown = sorted(set(setup.preset.branch_phase.budget_scale or {}) - {c.domain for c in setup.registry.cards})
-    if unknown:  # a warning, not an error: a shipped preset may name a starter domain whose card was removed
+    # a warning, not an error: a shipped preset may name a starter domain whose card was removed; once per
+    # process, not once per call (the pipeline trains card by card, and this recurses for parallel branches)
+    if unknown and (key := (setup.preset.fingerprint(), tuple(unknown))) not in _WARNED_SCALES:
+        _WARNED_SCALES.add(key)
         logger.warning("preset %s: branch_phase.budget_scale names %s, which no card declares; those scales are unused "
                        "(check the spelling against the cards' domains)", setup.preset.name, ", ".join(unknown))
     data = data_inputs(setup)
