@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from moe_experts.errors import CheckpointError, MoeExpertsError
-from moe_experts.evaluation.scoring import count_windows, token_logprobs
+from moe_experts.evaluation.scoring import count_stream_windows, encode_documents, stream_logprobs, tokenizer_key
 from moe_experts.modeling.checkpoints import LoadedModel
 from moe_experts.modeling.flops import model_size
 from moe_experts.modeling.stages import SEED, Setup, load_expert, tokens_seen
@@ -110,6 +110,7 @@ class EvalContext:
     latency_requests: int = 50  # single requests for routing latency (0: not measured)
     _logprobs: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
     _info: dict[str, ModelInfo] = field(default_factory=dict)
+    _streams: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)  # (tokenizer key, domain) -> ids
     _extra: dict[str, Any] = field(default_factory=dict)
     _router: Any = None
     _router_error: Unavailable | None = None
@@ -142,12 +143,13 @@ class EvalContext:
             model, tokenizer = loaded.model, loaded.tokenizer
             context = getattr(model.config, "max_position_embeddings", None) or self.setup.preset.seq_len
             window = min(self.setup.preset.seq_len, context)
-            texts = {d: docs.texts for d, docs in self.docs.items()}
-            total = sum(count_windows(tokenizer, t, window) for t in texts.values())
+            streams = {d: self.encoded(tokenizer, d) for d in self.docs}
+            total = sum(count_stream_windows(s, window) for s in streams.values())
             with Progress(f"scoring {key}", total=total, unit="window") as bar:
                 self._logprobs[key] = {
-                    d: token_logprobs(model, tokenizer, t, window=window, batch_size=self.batch_size, progress=bar)
-                    for d, t in texts.items()
+                    d: stream_logprobs(model, s, pad_id=tokenizer.eos_token_id, window=window,
+                                       batch_size=self.batch_size, progress=bar)
+                    for d, s in streams.items()
                 }
             size = model_size(model.config, window)
             total_p, active_p, flops = size.total_parameters, size.active_parameters, size.flops_per_token
@@ -159,6 +161,15 @@ class EvalContext:
             del model, loaded
             gc.collect()
         return self._logprobs[key]
+
+    def encoded(self, tokenizer: Any, domain: str) -> list[np.ndarray]:
+        """The domain's documents as scored id streams; encoded once for every model with the same tokenizer."""
+        key = tokenizer_key(tokenizer)
+        if key is None:
+            return encode_documents(tokenizer, self.docs[domain].texts)
+        if (key, domain) not in self._streams:
+            self._streams[(key, domain)] = encode_documents(tokenizer, self.docs[domain].texts)
+        return self._streams[(key, domain)]
 
     def expert_logprobs(self) -> dict[str, dict[str, list[np.ndarray]]]:
         """Per-token log-probs of every expert on every domain (shared by the routed systems and the oracle)."""

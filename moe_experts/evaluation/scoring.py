@@ -17,6 +17,7 @@ generalist is not blurred by which documents happened to be drawn.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,28 +46,62 @@ class DocScores:
         return math.exp(float(self.nll.sum()) / n) if n > 0 else None
 
 
+def encode_documents(tokenizer: Any, texts: Sequence[str]) -> list[np.ndarray]:
+    """Each text as the id stream that is scored: ``<eos> ids <eos>`` (int64)."""
+    eos = tokenizer.eos_token_id
+    return [np.array([eos, *tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"], eos], dtype=np.int64)
+            for t in texts]
+
+
+def tokenizer_key(tokenizer: Any) -> str | None:
+    """A key equal for tokenizers that split every text alike (None: cannot tell, do not share encodings).
+
+    A fast tokenizer is its serialised pipeline (vocabulary, merges, normalisation) plus its eos id, so
+    two models saved with the same tokenizer share one encoding of the test documents.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    digest = hashlib.sha256(backend.to_str().encode("utf-8"))
+    digest.update(repr(tokenizer.eos_token_id).encode())
+    return digest.hexdigest()
+
+
+def count_stream_windows(streams: Sequence[Sequence[int] | np.ndarray], window: int) -> int:
+    """How many windows ``stream_logprobs`` will run (for a progress bar)."""
+    if window < 2:
+        raise ValueError(f"window must be at least 2 tokens, got {window}")
+    return sum(max(1, math.ceil((len(s) - 1) / (window - 1))) for s in streams)
+
+
 def token_logprobs(
     model: Any, tokenizer: Any, texts: Sequence[str], *, window: int, batch_size: int, progress: Any = None
 ) -> list[np.ndarray]:
     """log p(token | context) of every predicted token, one float32 array per text (eos at the end included)."""
+    return stream_logprobs(model, encode_documents(tokenizer, texts), pad_id=tokenizer.eos_token_id,
+                           window=window, batch_size=batch_size, progress=progress)
+
+
+def stream_logprobs(
+    model: Any, streams: Sequence[Sequence[int] | np.ndarray], *, pad_id: int, window: int, batch_size: int, progress: Any = None
+) -> list[np.ndarray]:
+    """``token_logprobs`` on id streams already encoded (``encode_documents``)."""
     import torch
 
     if window < 2:
         raise ValueError(f"window must be at least 2 tokens, got {window}")
-    eos = tokenizer.eos_token_id
-    device = next(model.parameters()).device
     # (doc, start) of every window; a document of n ids has n-1 targets.
-    streams = [[eos, *tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"], eos] for t in texts]
     out = [np.zeros(len(s) - 1, dtype=np.float32) for s in streams]
     jobs = [(d, start) for d, s in enumerate(streams) for start in range(0, len(s) - 1, window - 1)]
     # longest windows first, so each batch pads little
     jobs.sort(key=lambda j: -min(window, len(streams[j[0]]) - j[1]))
     with torch.inference_mode():
+        device = next(model.parameters()).device
         for b in range(0, len(jobs), batch_size):
             batch = jobs[b : b + batch_size]
-            chunks = [torch.tensor(streams[d][s : s + window], dtype=torch.long) for d, s in batch]
+            chunks = [torch.as_tensor(np.asarray(streams[d][s : s + window], dtype=np.int64)) for d, s in batch]
             lengths = [len(c) for c in chunks]
-            x = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True, padding_value=eos).to(device)  # (B, T)
+            x = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True, padding_value=pad_id).to(device)  # (B, T)
             logits = model(input_ids=x).logits  # (B, T, V), the model's dtype
             for row, ((d, s), n) in enumerate(zip(batch, lengths)):
                 # one row in float32 at a time: a 150k vocabulary at B x T would not fit
@@ -81,11 +116,7 @@ def token_logprobs(
 
 def count_windows(tokenizer: Any, texts: Sequence[str], window: int) -> int:
     """How many windows ``token_logprobs`` will run (for a progress bar)."""
-    total = 0
-    for t in texts:
-        n = len(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]) + 1  # targets
-        total += max(1, math.ceil(n / (window - 1)))
-    return total
+    return count_stream_windows(encode_documents(tokenizer, texts), window)
 
 
 def scores_from_logprobs(logprobs: Sequence[np.ndarray], n_bytes: np.ndarray) -> DocScores:

@@ -68,6 +68,48 @@ def test_window_boundaries_do_not_change_a_context_free_score():
     assert np.allclose(a, b)
 
 
+def _fast_tokenizer(words: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<eos>", "<unk>", *words])}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", unk_token="<unk>")
+
+
+class CountingTokenizer:
+    """Wraps a fast tokenizer and counts the texts it encodes."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+        self.backend_tokenizer, self.eos_token_id = inner.backend_tokenizer, inner.eos_token_id
+
+    def __call__(self, text, **kwargs):
+        self.calls += 1
+        return self.inner(text, **kwargs)
+
+
+def test_models_that_share_a_tokenizer_share_one_encoding_of_the_documents():
+    from moe_experts.evaluation.context import EvalContext, EvalDocs
+    from moe_experts.evaluation.scoring import tokenizer_key
+
+    same_a, same_b = _fast_tokenizer(["a", "b", "c"]), _fast_tokenizer(["a", "b", "c"])
+    other = _fast_tokenizer(["c", "b", "a"])  # the same words, other ids: it must not reuse their encoding
+    assert tokenizer_key(same_a) == tokenizer_key(same_b) != tokenizer_key(other)
+    assert tokenizer_key(CharTokenizer()) is None  # no serialised pipeline to compare: never shared
+
+    texts = ["a b c", "c c a b"]
+    ctx = EvalContext(setup=None, docs={"x": EvalDocs("x", ["1", "2"], texts)})
+    first, second = CountingTokenizer(same_a), CountingTokenizer(same_b)
+    ids_a, ids_b = ctx.encoded(first, "x"), ctx.encoded(second, "x")
+    assert (first.calls, second.calls) == (2, 0)
+    assert [s.tolist() for s in ids_b] == [[0, 2, 3, 4, 0], [0, 4, 4, 2, 3, 0]] == [s.tolist() for s in ids_a]
+    assert [s.tolist() for s in ctx.encoded(other, "x")] == [[0, 4, 3, 2, 0], [0, 2, 2, 4, 3, 0]]
+    plain = CharTokenizer()
+    assert [s.tolist() for s in ctx.encoded(plain, "x")] == [[0, *plain("a b c")["input_ids"], 0],
+                                                                [0, *plain("c c a b")["input_ids"], 0]]
+
+
 def test_mixture_is_log_of_weighted_probabilities():
     p1, p2 = np.log(np.array([0.2, 0.9], dtype=np.float32)), np.log(np.array([0.6, 0.1], dtype=np.float32))
     mixed = mixture_logprobs([p1, p2], [0.75, 0.25])
