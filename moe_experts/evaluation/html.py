@@ -178,8 +178,10 @@ def _targets(report: dict) -> str:
         for h in ("target", "system", "domain", "value", "CI", "threshold", "status")
     )
     n_met = sum(1 for t in targets if t.get("met") is True)
+    seed = report.get("training_seed")
+    run = f", training seed {escape(str(seed))}" if seed is not None else ""
     return (
-        f"<h2>Targets ({n_met} of {len(targets)} met)</h2>"
+        f"<h2>Targets ({n_met} of {len(targets)} met{run})</h2>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 

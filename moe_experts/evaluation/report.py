@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_experts.errors import ConfigError, WorkspaceError
-from moe_experts.evaluation.runner import ORACLE, ROUTED_TOP1, load_report
+from moe_experts.evaluation.runner import ORACLE, ROUTED_TOP1, load_report, training_run
 from moe_experts.evaluation.tables import Table
 from moe_experts.workspace import TMP_PREFIX
 
@@ -169,7 +169,9 @@ def tables(report: dict[str, Any]) -> list[Table]:
         rows = [[t["domain"], t["name"], _f(t["value"], 4),
                  f"[{_f(t['ci'][0], 4)}, {_f(t['ci'][1], 4)}]" if t["ci"] else "", f"<= {t['threshold']}",
                  "met" if t["met"] else "**not met**"] for t in report["targets"]]
-        out.append(Table("Targets", ["domain", "target", "value", "interval", "threshold", "result"], rows))
+        run = training_run(report)
+        out.append(Table(f"Targets ({run})" if run else "Targets",
+                         ["domain", "target", "value", "interval", "threshold", "result"], rows))
     return out
 
 

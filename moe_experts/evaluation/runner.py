@@ -105,6 +105,7 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
         "workspace": str(setup.workspace.root),
         "preset": setup.preset.name,
+        "training_seed": setup.preset.seed,  # one training run: the targets below are this run's, not the recipe's
         "machine": _machine(device),
         "versions": versions(),
         "settings": {"domains": domains, "systems": list(opts.systems) if opts.systems else None,
@@ -129,7 +130,7 @@ def run_eval(setup: Setup, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
         "seconds": 0.0,
     }
     report["targets"] = _targets(report, setup)
-    report["notes"] = _notes(report, evaluated) + _unseen_by_generalist(setup, report)
+    report["notes"] = _notes(report, evaluated) + _unseen_by_generalist(setup, report) + _one_run(report)
     report["seconds"] = round(time.monotonic() - started, 1)
     return report
 
@@ -404,6 +405,21 @@ def _targets(report: dict[str, Any], setup: Setup) -> list[dict[str, Any]]:
                         "value": gap, "ci": None, "threshold": ORACLE_GAP_MAX, "met": gap <= ORACLE_GAP_MAX,
                         "met_at_upper_bound": None})
     return out
+
+
+def training_run(report: dict[str, Any]) -> str:
+    """How a report names the one training run it scored: 'training seed 1234' ('' for reports without one)."""
+    seed = report.get("training_seed")
+    return f"training seed {seed}" if seed is not None else ""
+
+
+def _one_run(report: dict[str, Any]) -> list[str]:
+    """Ratio targets met or missed by one training run are that run's, not the recipe's: say so, and how to judge."""
+    if not any(t["ci"] is not None for t in report["targets"]):
+        return []
+    return [f"the targets are judged on one training run ({training_run(report)}): their intervals are over test "
+            "documents only, and training seeds move these ratios by more; judge a recipe over several seeds: "
+            "`moe-experts --seed N quickstart` for a few N, then `moe-experts eval spread` on their reports"]
 
 
 def _unseen_by_generalist(setup: Setup, report: dict[str, Any]) -> list[str]:

@@ -71,9 +71,17 @@ def seed_spread(reports: Sequence[dict[str, Any]], confidence: float = 0.95) -> 
         s = ratios[t["system"]][t["domain"]]
         targets.append({"name": t["name"], "system": t["system"], "domain": t["domain"], "threshold": t["threshold"],
                         "mean": s.mean, "interval": [s.low, s.high], "met": s.mean <= t["threshold"] and s.high <= t["threshold"]})
-    return {"seeds": len(reports), "reports": [r["name"] for r in reports], "confidence": confidence, "domains": domains,
+    return {"seeds": len(reports), "reports": [r["name"] for r in reports],
+            "training_seeds": [r.get("training_seed") for r in reports],  # None: a report from before it was recorded
+            "confidence": confidence, "domains": domains,
             "ratios": {s: {d: vars(v) | {"values": list(v.values)} for d, v in per.items()} for s, per in ratios.items()},
             "targets": targets}
+
+
+def _named_reports(result: dict[str, Any]) -> str:
+    seeds = result.get("training_seeds") or [None] * len(result["reports"])
+    return ", ".join(name if seed is None else f"{name} (training seed {seed})"
+                     for name, seed in zip(result["reports"], seeds))
 
 
 def spread_tables(result: dict[str, Any]) -> list[Table]:
@@ -83,7 +91,7 @@ def spread_tables(result: dict[str, Any]) -> list[Table]:
             for s, per in result["ratios"].items() for d, v in per.items()]
     out = [Table(f"Bits per byte over the generalist's, across {result['seeds']} training seeds",
                  ["system", "domain", "mean", "std", f"{level} interval of the mean", "per seed"], rows,
-                 [f"reports: {', '.join(result['reports'])}"])]
+                 [f"reports: {_named_reports(result)}"])]
     if result["targets"]:
         out.append(Table("Targets, judged on the seeds' mean and its interval",
                          ["domain", "target", "mean", "interval", "threshold", "result"],

@@ -48,8 +48,14 @@ def test_report_files_and_schema(first_report):
         assert data.startswith(PNG) and len(data) > 1000, key
     assert {"bits_per_byte", "reliability", "tradeoff"} <= set(report["files"]["plots"])
     md = (folder / "report.md").read_text()
-    assert "Bits per byte on the test split" in md and "Routing suites" in md and "Targets" in md
+    assert "Bits per byte on the test split" in md and "Routing suites" in md
+    # one training run's targets say which run, and how to judge a recipe over seeds
+    seed = setup.preset.seed
+    assert report["training_seed"] == seed and f"### Targets (training seed {seed})" in md
+    assert any(f"judged on one training run (training seed {seed})" in n and "eval spread" in n for n in report["notes"])
+    assert f"met by this training run (seed {seed})" in out.stdout
     html = (folder / "report.html").read_text()
+    assert f"met, training seed {seed})</h2>" in html
     assert "data:image/png;base64," in html and 'src="http' not in html
     assert "Headline" in out.stdout and f"report: {folder}/report.md" in out.stdout
     assert ("skipped token-moe" in out.stdout) == (not moe)

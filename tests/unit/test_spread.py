@@ -46,3 +46,11 @@ def test_reports_of_other_splits_or_of_one_run_are_refused():
         seed_spread([a, _report("b", {"law": 0.95}, models="w1")])
     with pytest.raises(ConfigError, match="at least two"):
         seed_spread([a])
+
+
+def test_each_report_is_named_with_its_training_seed_when_it_recorded_one():
+    reports = [_report(f"r{i}", {"law": 0.95 + i / 100}, models=f"w{i}") for i in range(3)]
+    reports[0]["training_seed"], reports[1]["training_seed"] = 1234, 7  # r2 was written before seeds were recorded
+    result = seed_spread(reports)
+    assert result["training_seeds"] == [1234, 7, None]
+    assert spread_tables(result)[0].notes == ["reports: r0 (training seed 1234), r1 (training seed 7), r2"]
