@@ -114,11 +114,6 @@ def stream_logprobs(
     return out
 
 
-def count_windows(tokenizer: Any, texts: Sequence[str], window: int) -> int:
-    """How many windows ``token_logprobs`` will run (for a progress bar)."""
-    return count_stream_windows(encode_documents(tokenizer, texts), window)
-
-
 def scores_from_logprobs(logprobs: Sequence[np.ndarray], n_bytes: np.ndarray) -> DocScores:
     return DocScores(
         nll=np.array([-float(lp.sum(dtype=np.float64)) for lp in logprobs], dtype=np.float64),
