@@ -111,8 +111,9 @@ def print_report_summary(report: dict[str, Any], folder: Path) -> None:
     click.echo(plain(headline_table(report)))
     missed = [t for t in report["targets"] if not t["met"]]
     if report["targets"]:
-        seed = report.get("training_seed")
-        run = f" by this training run (seed {seed})" if seed is not None else ""
+        from moe_experts.evaluation.tables import training_run
+
+        run = f" by this training run ({training_run(report)})" if training_run(report) else ""
         click.echo(f"\ntargets: {len(report['targets']) - len(missed)}/{len(report['targets'])} met{run}")
         for t in missed:
             click.echo(f"  not met: {t['name']} on {t['domain']}: {t['value']:.4f} > {t['threshold']}")

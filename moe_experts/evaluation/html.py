@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from moe_experts.evaluation.tables import Table
+from moe_experts.evaluation.tables import Table, training_run
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,7 @@ def _targets(report: dict) -> str:
         for h in ("target", "system", "domain", "value", "CI", "threshold", "status")
     )
     n_met = sum(1 for t in targets if t.get("met") is True)
-    seed = report.get("training_seed")
-    run = f", training seed {escape(str(seed))}" if seed is not None else ""
+    run = f", {escape(training_run(report))}" if training_run(report) else ""
     return (
         f"<h2>Targets ({n_met} of {len(targets)} met{run})</h2>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from moe_experts.errors import ConfigError, WorkspaceError
-from moe_experts.evaluation.runner import ORACLE, ROUTED_TOP1, load_report, training_run
-from moe_experts.evaluation.tables import Table
+from moe_experts.evaluation.runner import ORACLE, ROUTED_TOP1, load_report
+from moe_experts.evaluation.tables import Table, training_run
 from moe_experts.workspace import TMP_PREFIX
 
 MACRO = "macro"

@@ -25,6 +25,7 @@ from moe_experts.errors import ConfigError, DataError
 from moe_experts.evaluation.context import EvalContext, EvalDocs, Unavailable
 from moe_experts.evaluation.options import EvalOptions
 from moe_experts.evaluation.scoring import DocScores, paired_difference, resample_counts
+from moe_experts.evaluation.tables import training_run
 from moe_experts.evaluation.systems import EXPERT_LOAD, System, default_systems
 from moe_experts.modeling.checkpoints import weights_id
 from moe_experts.modeling.stages import GENERALIST, Setup, expert_weights_id
@@ -405,12 +406,6 @@ def _targets(report: dict[str, Any], setup: Setup) -> list[dict[str, Any]]:
                         "value": gap, "ci": None, "threshold": ORACLE_GAP_MAX, "met": gap <= ORACLE_GAP_MAX,
                         "met_at_upper_bound": None})
     return out
-
-
-def training_run(report: dict[str, Any]) -> str:
-    """How a report names the one training run it scored: 'training seed 1234' ('' for reports without one)."""
-    seed = report.get("training_seed")
-    return f"training seed {seed}" if seed is not None else ""
 
 
 def _one_run(report: dict[str, Any]) -> list[str]:

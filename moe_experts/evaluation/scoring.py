@@ -69,23 +69,16 @@ def tokenizer_key(tokenizer: Any) -> str | None:
 
 def count_stream_windows(streams: Sequence[Sequence[int] | np.ndarray], window: int) -> int:
     """How many windows ``stream_logprobs`` will run (for a progress bar)."""
-    if window < 2:
+    if window < 2:  # counted before scoring, so it checks first
         raise ValueError(f"window must be at least 2 tokens, got {window}")
     return sum(max(1, math.ceil((len(s) - 1) / (window - 1))) for s in streams)
-
-
-def token_logprobs(
-    model: Any, tokenizer: Any, texts: Sequence[str], *, window: int, batch_size: int, progress: Any = None
-) -> list[np.ndarray]:
-    """log p(token | context) of every predicted token, one float32 array per text (eos at the end included)."""
-    return stream_logprobs(model, encode_documents(tokenizer, texts), pad_id=tokenizer.eos_token_id,
-                           window=window, batch_size=batch_size, progress=progress)
 
 
 def stream_logprobs(
     model: Any, streams: Sequence[Sequence[int] | np.ndarray], *, pad_id: int, window: int, batch_size: int, progress: Any = None
 ) -> list[np.ndarray]:
-    """``token_logprobs`` on id streams already encoded (``encode_documents``)."""
+    """log p(token | context) of every predicted token, one float32 array per stream of ``encode_documents``
+    (the closing eos included; the opening one is context only). ``pad_id`` pads short windows (never scored)."""
     import torch
 
     if window < 2:

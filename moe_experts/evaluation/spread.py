@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_experts.errors import ConfigError
-from moe_experts.evaluation.tables import Table
+from moe_experts.evaluation.tables import Table, seed_name
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def seed_spread(reports: Sequence[dict[str, Any]], confidence: float = 0.95) -> 
 
 def _named_reports(result: dict[str, Any]) -> str:
     seeds = result.get("training_seeds") or [None] * len(result["reports"])
-    return ", ".join(name if seed is None else f"{name} (training seed {seed})"
+    return ", ".join(f"{name} ({seed_name(seed)})" if seed is not None else name
                      for name, seed in zip(result["reports"], seeds))
 
 

@@ -8,6 +8,7 @@ the html show the same digits as report.json.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,13 @@ class Table:
             out.append("")
             out += [f"- {n}" for n in self.notes]
         return "\n".join(out) + "\n"
+
+
+def training_run(report: dict[str, Any]) -> str:
+    """How every rendering names the one training run a report scored: 'training seed 1234' ('' when the
+    report predates ``training_seed``)."""
+    return seed_name(report.get("training_seed"))
+
+
+def seed_name(seed: int | None) -> str:
+    return f"training seed {seed}" if seed is not None else ""

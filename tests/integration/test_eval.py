@@ -53,7 +53,7 @@ def test_report_files_and_schema(first_report):
     seed = setup.preset.seed
     assert report["training_seed"] == seed and f"### Targets (training seed {seed})" in md
     assert any(f"judged on one training run (training seed {seed})" in n and "eval spread" in n for n in report["notes"])
-    assert f"met by this training run (seed {seed})" in out.stdout
+    assert f"met by this training run (training seed {seed})" in out.stdout
     html = (folder / "report.html").read_text()
     assert f"met, training seed {seed})</h2>" in html
     assert "data:image/png;base64," in html and 'src="http' not in html

@@ -14,9 +14,16 @@ from moe_experts.evaluation.scoring import (
     mixture_logprobs,
     paired_difference,
     resample_counts,
+    encode_documents,
     scores_from_logprobs,
-    token_logprobs,
+    stream_logprobs,
 )
+
+
+def token_logprobs(model, tokenizer, texts, *, window, batch_size):
+    """What the evaluation context does for one model: encode, then score."""
+    return stream_logprobs(model, encode_documents(tokenizer, texts), pad_id=tokenizer.eos_token_id,
+                           window=window, batch_size=batch_size)
 
 
 class CharTokenizer:
