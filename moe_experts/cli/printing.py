@@ -113,8 +113,9 @@ def print_report_summary(report: dict[str, Any], folder: Path) -> None:
     if report["targets"]:
         from moe_experts.evaluation.tables import training_run
 
-        run = f" by this training run ({training_run(report)})" if training_run(report) else ""
-        click.echo(f"\ntargets: {len(report['targets']) - len(missed)}/{len(report['targets'])} met{run}")
+        run = training_run(report)
+        by = f" by this training run ({run})" if run else ""
+        click.echo(f"\ntargets: {len(report['targets']) - len(missed)}/{len(report['targets'])} met{by}")
         for t in missed:
             click.echo(f"  not met: {t['name']} on {t['domain']}: {t['value']:.4f} > {t['threshold']}")
     for note in report["notes"]:
